@@ -63,6 +63,7 @@ __all__ = [
     "ResultsTable",
     "table1",
     "table2",
+    "write_tables",
 ]
 
 log = logging.getLogger("hipt.tasks")
@@ -208,20 +209,23 @@ def _read_record_file(path: Path) -> pd.DataFrame | None:
 
 
 def collect_results(results: str | Path | pd.DataFrame | Iterable[str | Path]) -> pd.DataFrame:
-    """Read every record file below a folder (or of a list of files) into one long DataFrame.
+    """Read every record file below a folder (or below several folders, or a list of files) into one
+    long DataFrame (a DataFrame is returned as it is).
 
     Files without the record columns are skipped.  Raises :class:`~hipt.errors.InputFileError` when two
     files hold the same (task, method, fraction, fold, split, metric).
     """
     if isinstance(results, pd.DataFrame):
         return results
-    if isinstance(results, (str, Path)):
-        root = Path(results)
-        if not root.is_dir():
-            raise InputFileError(root, "results folder not found")
-        files = sorted(p for p in root.rglob("*") if p.suffix in (".csv", ".json") and p.is_file())
-    else:
-        files = [Path(p) for p in results]
+    files: list[Path] = []
+    for item in [results] if isinstance(results, (str, Path)) else results:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(q for q in p.rglob("*") if q.suffix in (".csv", ".json") and q.is_file())
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InputFileError(p, "results folder not found")
     frames = [df for df in (_read_record_file(p) for p in files) if df is not None]
     if not frames:
         return pd.DataFrame(columns=[*RECORD_COLUMNS, "source"])
@@ -409,3 +413,19 @@ def table2(
         tasks = [t for t in paper_order if t in present] + [t for t in present if t not in paper_order]
     return _assemble(ours, PAPER_TABLE2, list(tasks), [None], methods, include_paper,
                      f"Survival prediction: {split} c-index, mean ± std over folds", digits)
+
+
+def write_tables(results, out_dir: str | Path) -> list[Path]:
+    """Assemble every table the records allow and write them as CSV + Markdown into ``out_dir``.
+
+    ``table1`` from the ``test``/``auc`` records (MIL methods and KNN rows), ``table2`` from the
+    ``val``/``cindex`` records; a table without records is not written.  Returns the files written.
+    """
+    df = collect_results(results)
+    written: list[Path] = []
+    if ((df["split"] == "test") & (df["metric"] == "auc")).any():
+        fractions = sorted(set(df.loc[(df["split"] == "test") & (df["metric"] == "auc"), "fraction"]))
+        written += table1(df, fractions=fractions).save(out_dir, "table1")
+    if ((df["split"] == "val") & (df["metric"] == "cindex")).any():
+        written += table2(df).save(out_dir, "table2")
+    return written
