@@ -173,8 +173,9 @@ def load_checkpoint(weights: str | Path, trusted: bool = False, verify: bool = T
                 "if you trust this file, load it with trusted=True",
             ) from None
         raise CheckpointError(path, f"truncated or not a PyTorch checkpoint (unpickling failed: {msg[:200]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(path, f"truncated or not a PyTorch checkpoint ({str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # noqa: BLE001 (torch raises many kinds on a corrupt file)
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(path, f"truncated or not a PyTorch checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(path, f"holds a {type(obj).__name__}, not a dict of weights")
     return dict(obj)
