@@ -70,8 +70,8 @@ CELL = 256  #: default layout cell = one ViT-256 patch, in level-0 pixels
 MPP = 0.5  #: default resolution, µm per pixel ("20×")
 
 # Optical densities of one unit of stain (per RGB channel).  Hematoxylin: purple-blue; eosin: pink.
-_H_OD = np.array([0.56, 0.78, 0.40], np.float32)
-_E_OD = np.array([0.17, 0.86, 0.45], np.float32)
+_H_OD = np.array([0.56, 0.80, 0.38], np.float32)
+_E_OD = np.array([0.16, 0.88, 0.44], np.float32)
 _GLASS_OD = np.array([0.030, 0.034, 0.028], np.float32)  # slide glass + mounting medium
 
 
@@ -136,14 +136,14 @@ def _stamp_nuclei(
     h: np.ndarray, e: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     centres: np.ndarray, semi_major: np.ndarray, semi_minor: np.ndarray, angles: np.ndarray,
     irregularity: float, intensity: np.ndarray, texture: np.ndarray | None, texture_amp: float,
-    rim: float = 0.25, nucleoli: float = 0.0,
+    rim: float = 0.25, nucleoli: float = 0.0, vesicular: float = 0.0,
 ) -> None:
     """Draw nuclei into the hematoxylin map ``h`` (in place), paling eosin under them; set ``mask``.
 
     Each nucleus is an ellipse (``semi_major``, ``semi_minor`` px, rotated by ``angles``) whose radius
     is modulated by low harmonics (``irregularity``) for pleomorphic outlines, with chromatin texture
     (``texture`` [H, W] sampled in place), a darker nuclear membrane (``rim``) and, with probability
-    ``nucleoli``, one or two nucleoli.
+    ``nucleoli``, one or two nucleoli; ``vesicular`` pales the centre (open chromatin).
     """
     size_y, size_x = h.shape
     for k in range(len(centres)):
@@ -172,6 +172,8 @@ def _stamp_nuclei(
         if not inside.any():
             continue
         val = intensity[k] * (1.0 + rim * np.exp(-0.5 * (depth / 1.2) ** 2))
+        if vesicular:  # open chromatin: paler centre, chromatin along the membrane
+            val = val * (1.0 - vesicular * np.clip(depth / (0.6 * b), 0.0, 1.0))
         if texture is not None:
             val = val * (1.0 + texture_amp * texture[y0:y1, x0:x1])
         if nucleoli and rng.random() < nucleoli:
@@ -199,13 +201,13 @@ def _render_background(size: int, rng: np.random.Generator):
 
 
 def _render_tumour(size: int, rng: np.random.Generator):
-    """Carcinoma cells: nuclei 8–12 µm (16–24 px at 0.5 µm/px) on a ~15 µm hexagonal lattice."""
-    spacing = rng.uniform(28, 33)
-    centres = _hex_points(rng, size, spacing, 0.22, margin=spacing)
+    """Carcinoma cells: crowded pleomorphic nuclei 8–12 µm (16–24 px at 0.5 µm/px), ~13 µm apart."""
+    spacing = rng.uniform(25, 29)
+    centres = _hex_points(rng, size, spacing, 0.25, margin=spacing)
     n = len(centres)
-    # cytoplasm: pale purple-pink, blotchy; cell borders from the Voronoi tessellation of the nuclei
-    h = 0.30 + 0.06 * _smooth_noise(rng, (size, size), 5)
-    e = 0.42 + 0.08 * _smooth_noise(rng, (size, size), 7)
+    # cytoplasm: purple-pink, blotchy; cell borders from the Voronoi tessellation of the nuclei
+    h = 0.34 + 0.07 * _smooth_noise(rng, (size, size), 5)
+    e = 0.62 + 0.10 * _smooth_noise(rng, (size, size), 7)
     grid = np.zeros((size, size), bool)
     iy = np.clip(np.round(centres[:, 0]).astype(int), 0, size - 1)
     ix = np.clip(np.round(centres[:, 1]).astype(int), 0, size - 1)
@@ -217,24 +219,23 @@ def _render_tumour(size: int, rng: np.random.Generator):
     border = np.zeros((size, size), bool)
     border[:-1] |= cell_id[:-1] != cell_id[1:]
     border[:, :-1] |= cell_id[:, :-1] != cell_id[:, 1:]
-    e = e + 0.16 * border
-    h = h - 0.08 * border
-    # per-cell cytoplasm shade (some cells paler, some darker)
-    shade = rng.normal(0, 0.05, n + 1).astype(np.float32)
+    e = e + 0.22 * border
+    h = h - 0.10 * border
+    shade = rng.normal(0, 0.06, n + 1).astype(np.float32)  # per-cell cytoplasm shade
     h = h + shade[cell_id]
     # nuclei: pleomorphic sizes and shapes, hyperchromatic, coarse chromatin, nucleoli
-    diam_um = rng.uniform(8.0, 12.0, n) * rng.lognormal(0, 0.10, n)
+    diam_um = rng.uniform(8.0, 12.0, n) * rng.lognormal(0, 0.12, n)
     radius = diam_um / MPP / 2
-    ecc = rng.uniform(0.0, 0.35, n)
+    ecc = rng.uniform(0.1, 0.5, n)
     semi_major, semi_minor = radius * (1 + ecc / 2), radius * (1 - ecc / 2)
-    intensity = rng.uniform(1.25, 2.0, n) * rng.lognormal(0, 0.08, n)
-    chromatin = _smooth_noise(rng, (size, size), 1.3)
+    intensity = rng.uniform(1.3, 2.1, n) * rng.lognormal(0, 0.10, n)
+    chromatin = _smooth_noise(rng, (size, size), 1.2)
     mask = np.zeros((size, size), bool)
     h = np.clip(h, 0, None).astype(np.float32)
     e = np.clip(e, 0, None).astype(np.float32)
     _stamp_nuclei(h, e, mask, rng, centres, semi_major, semi_minor, rng.uniform(0, np.pi, n),
-                  irregularity=0.10, intensity=intensity, texture=chromatin, texture_amp=0.22,
-                  rim=0.35, nucleoli=0.6)
+                  irregularity=0.08, intensity=intensity, texture=chromatin, texture_amp=0.30,
+                  rim=0.45, nucleoli=0.55, vesicular=0.35)
     return h, e, mask
 
 
@@ -242,33 +243,36 @@ def _fibre_field(size: int, rng: np.random.Generator):
     """Wavy oriented fibre intensity in [0, 1] and the local fibre angle, both ``[S, S]``."""
     big = size + 2 * 32
     raw = rng.standard_normal((big, big)).astype(np.float32)
-    streak = ndi.gaussian_filter(raw, (0.9, 9.0), mode="wrap")  # fibres along x
+    streak = ndi.gaussian_filter(raw, (1.4, 14.0), mode="wrap")  # fibre bundles along x
     streak /= streak.std() + 1e-6
+    fine = ndi.gaussian_filter(rng.standard_normal((big, big)).astype(np.float32), (0.7, 5.0), mode="wrap")
+    streak = 0.8 * streak + 0.6 * fine / (fine.std() + 1e-6)
     theta = rng.uniform(0, np.pi)
-    wave_amp, wave_len = rng.uniform(4, 12), rng.uniform(60, 160)
+    wave_amp, wave_len = rng.uniform(2, 7), rng.uniform(90, 220)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     yy -= size / 2
     xx -= size / 2
     c, s = math.cos(theta), math.sin(theta)
     u = xx * c + yy * s
     v = -xx * s + yy * c
-    bend = _smooth_noise(rng, (size, size), 40) * 6
-    v_w = v + wave_amp * np.sin(2 * np.pi * u / wave_len + rng.uniform(0, 2 * np.pi)) + bend
+    bend = _smooth_noise(rng, (size, size), 40) * 8
+    phase = rng.uniform(0, 2 * np.pi)
+    v_w = v + wave_amp * np.sin(2 * np.pi * u / wave_len + phase) + bend
     f = ndi.map_coordinates(streak, [v_w + big / 2, u + big / 2], order=1, mode="wrap")
-    # local angle: derivative of the waviness along u
-    slope = wave_amp * 2 * np.pi / wave_len * np.cos(2 * np.pi * u / wave_len)
-    local = theta + np.arctan(slope) * 0.8
-    f = np.clip(0.5 + 0.35 * f, 0, 1).astype(np.float32)
+    slope = wave_amp * 2 * np.pi / wave_len * np.cos(2 * np.pi * u / wave_len + phase)
+    local = theta + np.arctan(slope)
+    f = np.clip(0.5 + 0.3 * f, 0, 1).astype(np.float32)
     return f, local.astype(np.float32)
 
 
 def _render_stroma(size: int, rng: np.random.Generator):
-    """Collagenous stroma: pink wavy fibres with gaps; sparse spindle-shaped fibroblast nuclei."""
+    """Collagenous stroma: pink wavy fibre bundles with clefts; sparse spindle-shaped fibroblast nuclei."""
     f, local = _fibre_field(size, rng)
-    looseness = rng.uniform(0.0, 0.4)
-    gaps = np.clip(_smooth_noise(rng, (size, size), (3, 3)) * 0.5 - 0.6 + looseness, 0, 1)
-    e = (0.25 + 0.75 * f ** 1.3) * (1 - 0.8 * gaps)
-    h = 0.04 + 0.04 * f
+    looseness = rng.uniform(0.0, 0.35)
+    clefts = np.clip(1.6 * (0.25 + looseness - f), 0, 1)  # pale clefts between bundles
+    density = 1.0 + 0.15 * _smooth_noise(rng, (size, size), 30)
+    e = (0.55 + 0.75 * f) * density * (1 - 0.85 * clefts)
+    h = (0.08 + 0.06 * f) * (1 - 0.7 * clefts)
     n = rng.poisson(14 * (size / 256) ** 2)
     centres = rng.uniform(0, size, (n, 2))
     iy = np.clip(centres[:, 0].astype(int), 0, size - 1)
@@ -279,7 +283,7 @@ def _render_stroma(size: int, rng: np.random.Generator):
     mask = np.zeros((size, size), bool)
     h = h.astype(np.float32)
     e = e.astype(np.float32)
-    _stamp_nuclei(h, e, mask, rng, centres, semi_major, semi_minor, angles, irregularity=0.04,
+    _stamp_nuclei(h, e, mask, rng, centres, semi_major, semi_minor, angles, irregularity=0.05,
                   intensity=rng.uniform(1.4, 1.9, n), texture=None, texture_amp=0, rim=0.1)
     return h, e, mask
 
