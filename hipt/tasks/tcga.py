@@ -449,6 +449,7 @@ def load_task(
     label_map: dict[str, int] | None = None,
     keep_codes: tuple[str, ...] | None = None,
     n_bins: int = 4,
+    name: str | None = None,
     root: str | Path | None = None,
     base_url: str | None = None,
 ) -> TaskData:
@@ -467,28 +468,29 @@ def load_task(
         label_map: class names → indices; rows with other labels are ignored.
         keep_codes: survival: keep only slides whose ``label_col`` is one of these.
         n_bins: survival time bins.
+        name: the task's name in results (own table: default the table's file stem).
         root, base_url: where to find the registered files (see :func:`fetch_task_files`).
 
     Returns:
         :class:`TaskData` with the folds filtered to the table's ids (counts logged and kept in
         ``split_counts``).
     """
-    name = str(task)
-    if name in TASKS:
-        spec = TASKS[name]
+    if str(task) in TASKS:
+        spec = TASKS[str(task)]
+        name = name or spec.name
         if table is None or splits_dir is None:
-            files = fetch_task_files(name, root=root, base_url=base_url)
+            files = fetch_task_files(spec.name, root=root, base_url=base_url)
             table = table if table is not None else files.table
             splits_dir = splits_dir if splits_dir is not None else files.splits_dir
         if table is None:
-            raise HIPTError(f"{name}: the reference does not publish this task's slide table; pass table=PATH")
+            raise HIPTError(f"{spec.name}: the reference does not publish this task's slide table; pass table=PATH")
         kind = kind or spec.kind
         label_col = label_col or spec.label_col
         label_map = label_map if label_map is not None else spec.label_map
         keep_codes = keep_codes if keep_codes is not None else spec.keep_codes
     else:
         table = Path(task) if table is None else table
-        name = Path(table).name.removesuffix(".zip").removesuffix(".csv")
+        name = name or Path(table).name.removesuffix(".zip").removesuffix(".csv")
         kind = kind or "subtype"
         label_col = label_col or "label"
         if splits_dir is None:
@@ -508,10 +510,10 @@ def load_task(
     splits, counts = [], []
     for s in raw:
         kept = filter_split(s, order, order=order)
-        if not kept.train or not kept.val:
+        if not kept.train or not (kept.val or kept.test):
             raise InputFileError(
                 s.source or Path(splits_dir),
-                f"no {'train' if not kept.train else 'val'} id of this split is in the table {table_path.name}",
+                f"no {'train' if not kept.train else 'val or test'} id of this split is in the table {table_path.name}",
                 "do the split files and the table belong to the same task?",
             )
         splits.append(kept)
