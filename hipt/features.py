@@ -1,0 +1,578 @@
+"""Hierarchical feature extraction: every region of every slide through ViT256-16 and ViT4096-256.
+
+``hipt extract --coords PATCH_DIR --slides SLIDE_DIR --out OUT`` reads the regions that ``hipt patch``
+kept (``PATCH_DIR/coords/<slide>.h5``), encodes them with :class:`hipt.models.HIPT4K` and writes one
+HDF5 file per slide, ``OUT/<slide>.h5``:
+
+- ``feats256`` ``[M, n, D256]``: ViT256 [CLS] token of each of the n = (R/256)² patches of each of the M
+  regions, row-major within a region (``[M, 256, 384]`` for 4096-px regions and ViT-S/16) — the input of
+  the slide head :class:`hipt.models.HIPTSlide` and the stage-2 pretraining data.  Stored as float32 by
+  default; ``storage_dtype="float16"`` halves the files (the values are LayerNorm outputs of order 1,
+  float16 keeps ~3 significant digits, as much as bf16 compute produces anyway);
+- ``feats4k`` ``[M, D4k]``: ViT4096 [CLS] per region (float32), only when a ViT4K is given;
+- ``coords`` ``[M, 2]`` int64: the regions' level-0 top-left ``x, y`` (as in the coords file);
+- attributes: ``models`` (JSON: architectures and weights), ``dtype`` (compute: ``fp32``/``bf16``),
+  ``normalization`` (JSON mean/std), ``storage_dtype``, ``region_size``, ``patch_size``, ``grid``
+  (patches per region, rows × cols), ``target_mpp``, ``slide_mpp``, ``slide_path``, ``coords_path``,
+  ``n_regions``, ``hipt_version``.
+
+Robust batch behaviour:
+
+- **resumable**: a slide whose output file exists (complete by construction, see next) is skipped;
+- **atomic**: each file is written to a temporary name and renamed when complete
+  (:func:`hipt.io.atomic_path`), so a killed run leaves no half file;
+- **failures recorded**: a slide that fails is logged, recorded in ``OUT/summary.csv``
+  (``slide,status,n_regions,reason``, as ``hipt patch``'s) and skipped; the exit code is 1 if any failed;
+- **reading overlaps compute**: regions are read by ``--workers`` DataLoader worker processes
+  (``hipt.slide.open_slide(...).read_region`` through :func:`hipt.tiling.load_coords`);
+- **bounded memory**: features are written to the file batch by batch, so memory grows with
+  ``--batch-regions``, not with the slide;
+- **bf16**: ``--dtype bf16`` runs under ``torch.autocast(bfloat16)`` (tested: cosine similarity ≥ 0.999
+  with fp32 features);
+- **several GPUs / nodes**: under ``torchrun`` each rank takes the slides ``i ≡ rank (mod world_size)``
+  of the sorted list (no duplicated work) on ``cuda:LOCAL_RANK`` when the device is CUDA; a gloo process
+  group is used only for the final barrier before rank 0 writes the summary.  A single process needs no
+  process group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hipt import __version__
+from hipt.errors import HIPTError, InputFileError
+from hipt.io import atomic_path, atomic_write_text
+
+__all__ = [
+    "ExtractResult",
+    "RegionDataset",
+    "build_encoder",
+    "extract_folder",
+    "extract_slide",
+    "load_features",
+    "add_arguments",
+    "run",
+]
+
+SUMMARY_COLUMNS = ("slide", "status", "n_regions", "reason")
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+# ------------------------------------------------------------------------------------------ models
+def _load_vit(spec: Any, kind: str) -> torch.nn.Module | None:
+    """A model spec → a ViT in eval mode.
+
+    ``spec``: a module (used as is); ``None``/``"none"`` (no model); ``"random:<factory>"`` (random
+    weights of ``hipt.models.<factory>``, seed 0, for tests and demos); a registry name, path or URL
+    of a checkpoint (architecture read from the checkpoint, see :func:`hipt.models.weights.load_model`).
+    """
+    import hipt.models as hm
+    from hipt.models.weights import load_model
+
+    if spec is None or (isinstance(spec, str) and spec.lower() == "none"):
+        return None
+    if isinstance(spec, torch.nn.Module):
+        return spec.eval()
+    s = str(spec)
+    if s.startswith("random:"):
+        factory = getattr(hm, s.split(":", 1)[1], None)
+        if factory is None or not callable(factory):
+            raise HIPTError(f"{s}: unknown model factory (try random:vit256_tiny or random:vit4k_tiny)")
+        torch.manual_seed(0)
+        return factory().eval()
+    return load_model(s).eval()
+
+
+def build_encoder(vit256: Any = "vit256_small_dino", vit4k: Any = "vit4k_xs_dino", *,
+                  normalization: str | tuple = "hipt", patch_batch: int = 256):
+    """A :class:`hipt.models.HIPT4K` from model specs (modules, checkpoint names/paths/URLs, ``random:…``).
+
+    ``vit4k=None`` builds a patch-token-only encoder (``feats256`` only: stage-2 pretraining data).
+    """
+    from hipt.models import HIPT4K
+
+    v256 = _load_vit(vit256, "vit256")
+    if v256 is None:
+        raise HIPTError("a ViT256 is needed (--vit256)")
+    v4k = _load_vit(vit4k, "vit4k")
+    enc = HIPT4K(v256, v4k, normalization=normalization, patch_batch=patch_batch).eval()
+    enc.weights = {"vit256": _describe(vit256), "vit4k": _describe(vit4k)}  # type: ignore[attr-defined]
+    return enc
+
+
+def _describe(spec: Any) -> str | None:
+    if spec is None:
+        return None
+    if isinstance(spec, torch.nn.Module):
+        return f"<in-memory {type(spec).__name__}>"
+    return str(spec)
+
+
+# ------------------------------------------------------------------------------------------ reading
+class RegionDataset(torch.utils.data.Dataset):
+    """The regions of one slide as uint8 tensors ``[3, R, R]``, read lazily (one slide handle per worker).
+
+    Args:
+        coords_h5: the slide's ``coords/<slide>.h5`` from ``hipt patch`` (:func:`hipt.tiling.load_coords`).
+        slide_path: the slide file (default: the path stored in the coords file).
+    """
+
+    def __init__(self, coords_h5: str | Path, slide_path: str | Path | None = None) -> None:
+        from hipt.tiling import load_coords
+
+        self.coords_h5 = Path(coords_h5)
+        self.rc = load_coords(self.coords_h5)
+        self.slide_path = Path(slide_path) if slide_path is not None else self.rc.slide_path
+        self._slide = None
+
+    def __len__(self) -> int:
+        return len(self.rc)
+
+    def _open(self):
+        if self._slide is None:
+            from hipt.slide import open_slide
+
+            self._slide = open_slide(self.slide_path, mpp=self.rc.slide_mpp)
+        return self._slide
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        img = self.rc.read_region(self._open(), i)  # [R, R, 3] uint8
+        return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+    def close(self) -> None:
+        if self._slide is not None:
+            with contextlib.suppress(Exception):
+                self._slide.close()
+            self._slide = None
+
+    def __getstate__(self) -> dict:  # never pickle an open slide handle into workers
+        d = dict(self.__dict__)
+        d["_slide"] = None
+        return d
+
+
+# ------------------------------------------------------------------------------------------ writing
+@dataclass
+class ExtractResult:
+    """Outcome of one slide: ``status`` is ``ok``, ``skipped`` (already done) or ``failed``."""
+
+    slide: str
+    status: str
+    n_regions: int = 0
+    reason: str = ""
+    path: Path | None = None
+    seconds: float = 0.0
+
+    def row(self) -> dict[str, str]:
+        status = "ok" if self.status == "skipped" else self.status
+        return {"slide": self.slide, "status": status, "n_regions": str(self.n_regions), "reason": self.reason}
+
+
+def _is_complete(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "feats256" in f and int(f.attrs.get("n_regions", -1)) == f["feats256"].shape[0]
+    except (OSError, KeyError, ValueError):
+        return False
+
+
+def _autocast(device: torch.device, dtype: str):
+    if DTYPES[dtype] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
+
+
+def extract_slide(
+    slide_path: str | Path | None,
+    coords_h5: str | Path,
+    out_path: str | Path,
+    model,
+    *,
+    batch_regions: int = 1,
+    workers: int = 0,
+    dtype: str = "fp32",
+    device: str | torch.device = "cpu",
+    storage_dtype: str = "float32",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ExtractResult:
+    """Encode the regions of one slide and write ``out_path`` (HDF5, atomically).
+
+    Args:
+        slide_path: the slide (``None``: the path stored in the coords file).
+        coords_h5: its coords file from ``hipt patch``.
+        out_path: the ``.h5`` to write.
+        model: a :class:`hipt.models.HIPT4K` (see :func:`build_encoder`); moved to ``device``.
+        batch_regions: regions per forward pass (memory grows with it: 4096-px regions hold 256 patches).
+        workers: DataLoader worker processes reading regions while the model computes (0: read inline).
+        dtype: ``"fp32"`` or ``"bf16"`` (autocast).
+        device: torch device.
+        storage_dtype: ``"float32"`` or ``"float16"`` for ``feats256``.
+        overwrite: recompute even if ``out_path`` exists and is complete.
+        progress: tqdm bar over the regions.
+
+    Returns an :class:`ExtractResult` (``skipped`` when the file was already there). Errors raise.
+    """
+    import h5py
+    from tqdm.auto import tqdm
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if storage_dtype not in ("float32", "float16"):
+        raise ValueError(f"storage_dtype must be float32 or float16, got {storage_dtype!r}")
+    out_path = Path(out_path)
+    name = out_path.stem
+    if not overwrite and out_path.is_file() and _is_complete(out_path):
+        with h5py.File(out_path, "r") as f:
+            return ExtractResult(name, "skipped", int(f.attrs["n_regions"]), path=out_path)
+    t0 = time.perf_counter()
+    ds = RegionDataset(coords_h5, slide_path)
+    rc = ds.rc
+    if len(ds) == 0:
+        raise InputFileError(coords_h5, "holds no regions (the slide has no tissue region)")
+    if rc.patch_size != model.patch_size:
+        raise InputFileError(coords_h5, f"patches of {rc.patch_size} px, but the encoder cuts {model.patch_size}-px patches")
+    if not Path(ds.slide_path).is_file():
+        raise InputFileError(ds.slide_path, "slide file not found", f"named by {coords_h5}; pass --slides")
+    ds._open()  # fail early (unreadable slide) in the main process
+    ds.close()
+    device = torch.device(device)
+    model = model.to(device).eval()
+    gh = gw = rc.region_size // rc.patch_size
+    n = gh * gw
+    d256 = model.vit256.embed_dim
+    d4k = model.vit4k.embed_dim if model.vit4k is not None else None
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_regions, shuffle=False, num_workers=workers,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )
+    m = len(ds)
+    with atomic_path(out_path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f256 = f.create_dataset("feats256", shape=(m, n, d256), dtype=storage_dtype, chunks=(1, n, d256))
+            f4k = f.create_dataset("feats4k", shape=(m, d4k), dtype="float32") if d4k else None
+            f.create_dataset("coords", data=rc.coords.astype(np.int64))
+            bar = tqdm(total=m, desc=name, unit="region", leave=False, disable=not progress)
+            i = 0
+            with torch.inference_mode(), _autocast(device, dtype):
+                for regions in loader:
+                    out = model(regions.to(device, non_blocking=True))
+                    b = regions.shape[0]
+                    f256[i : i + b] = out.patches.float().cpu().numpy().astype(storage_dtype)
+                    if f4k is not None:
+                        f4k[i : i + b] = out.region.float().cpu().numpy()
+                    i += b
+                    bar.update(b)
+            bar.close()
+            a = f.attrs
+            a["models"] = json.dumps({"config": model.config, "weights": getattr(model, "weights", None)})
+            a["dtype"] = dtype
+            mean, std = _norm_stats(model.normalization)
+            a["normalization"] = json.dumps({"name": model.normalization if isinstance(model.normalization, str)
+                                             else "custom", "mean": mean, "std": std})
+            a["storage_dtype"] = storage_dtype
+            a["region_size"] = int(rc.region_size)
+            a["patch_size"] = int(rc.patch_size)
+            a["grid"] = np.asarray([gh, gw], dtype=np.int64)
+            a["target_mpp"] = float(rc.target_mpp)
+            a["slide_mpp"] = float(rc.slide_mpp)
+            a["level0_region_size"] = int(rc.level0_region_size)
+            a["slide_path"] = str(Path(ds.slide_path).resolve())
+            a["coords_path"] = str(Path(coords_h5).resolve())
+            a["hipt_version"] = __version__
+            a["n_regions"] = int(m)  # written last: marks the file complete
+    return ExtractResult(name, "ok", m, path=out_path, seconds=time.perf_counter() - t0)
+
+
+def _norm_stats(normalization: str | tuple) -> tuple[list[float], list[float]]:
+    from hipt.models.hipt4k import _stats
+
+    mean, std = _stats(normalization)
+    return list(mean), list(std)
+
+
+def load_features(path: str | Path, float32: bool = True) -> dict[str, Any]:
+    """Read a ``hipt extract`` file.
+
+    Returns ``{"feats256": [M, n, D] tensor, "feats4k": [M, D4k] tensor (if present), "coords": [M, 2]
+    int64 tensor, "attrs": dict}`` (features as float32 unless ``float32=False``; JSON attributes decoded).
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "features file not found", "run 'hipt extract' first")
+    try:
+        with h5py.File(path, "r") as f:
+            out: dict[str, Any] = {}
+            for k in ("feats256", "feats4k", "coords"):
+                if k in f:
+                    t = torch.from_numpy(np.asarray(f[k][:]))
+                    out[k] = t.float() if (float32 and k != "coords") else t
+            attrs = {}
+            for k, v in f.attrs.items():
+                v = v.decode() if isinstance(v, bytes) else v
+                if k in ("models", "normalization") and isinstance(v, str):
+                    with contextlib.suppress(ValueError):
+                        v = json.loads(v)
+                elif isinstance(v, np.ndarray):
+                    v = v.tolist()
+                elif isinstance(v, np.generic):
+                    v = v.item()
+                attrs[k] = v
+            out["attrs"] = attrs
+    except OSError as e:
+        raise InputFileError(path, f"not a readable HDF5 features file ({e})") from None
+    if "feats256" not in out:
+        raise InputFileError(path, "has no 'feats256' dataset: not a hipt extract file")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ folders
+def _coords_files(coords: str | Path) -> list[Path]:
+    p = Path(coords)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise InputFileError(p, "coords folder not found", "pass the --out folder of 'hipt patch'")
+    folder = p / "coords" if (p / "coords").is_dir() else p
+    files = sorted(folder.glob("*.h5"))
+    if not files:
+        raise InputFileError(p, "holds no coords .h5 files", "pass the --out folder of 'hipt patch'")
+    return files
+
+
+def _slide_index(slides: str | Path | Sequence[str | Path] | None) -> dict[str, Path]:
+    if slides is None:
+        return {}
+    from hipt.slide import iter_slide_files
+
+    items = [slides] if isinstance(slides, (str, Path)) else list(slides)
+    index: dict[str, Path] = {}
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            for s in iter_slide_files(p):
+                index.setdefault(s.stem, s)
+        elif p.is_file():
+            index.setdefault(p.stem, p)
+        else:
+            raise InputFileError(p, "slides folder or file not found")
+    return index
+
+
+def _dist_info() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment (0, 1, 0 for a plain process)."""
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    return rank, world, local
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, InputFileError):
+        return e.problem + (f"; {e.hint}" if e.hint else "")
+    if isinstance(e, HIPTError):
+        return str(e)
+    return f"unexpected {type(e).__name__}: {e}"
+
+
+def extract_folder(
+    coords: str | Path,
+    out_dir: str | Path,
+    model,
+    *,
+    slides: str | Path | Sequence[str | Path] | None = None,
+    batch_regions: int = 1,
+    workers: int = 0,
+    dtype: str = "fp32",
+    device: str | torch.device = "cpu",
+    storage_dtype: str = "float32",
+    overwrite: bool = False,
+    progress: bool = True,
+    rank: int | None = None,
+    world_size: int | None = None,
+    log=None,
+) -> list[ExtractResult]:
+    """Extract every slide of a ``hipt patch`` output folder into ``out_dir/<slide>.h5``.
+
+    Args:
+        coords: the ``hipt patch --out`` folder (or its ``coords/`` subfolder, or one coords file).
+        out_dir: where the feature files and ``summary.csv`` go.
+        model: a :class:`hipt.models.HIPT4K` (:func:`build_encoder`).
+        slides: folder(s) of slides, matched to coords files by name (default: the slide path stored in
+            each coords file).
+        rank, world_size: this process's shard (default: from torchrun's ``RANK``/``WORLD_SIZE``); it
+            takes the slides ``i ≡ rank (mod world_size)`` of the sorted list.
+        Others: as :func:`extract_slide`.
+
+    Slides already extracted are skipped; a failing slide is recorded (``failed`` row with its reason
+    in ``summary.csv``) and the others go on.  Under several ranks, each writes
+    ``summary.rank<r>.csv`` and, after a barrier, rank 0 merges them into ``summary.csv``.
+    """
+    from tqdm.auto import tqdm
+
+    env_rank, env_world, _ = _dist_info()
+    rank = env_rank if rank is None else rank
+    world_size = env_world if world_size is None else world_size
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = _coords_files(coords)
+    index = _slide_index(slides)
+    log = log or (lambda line: tqdm.write(line, file=sys.stderr))
+    mine = files[rank::world_size]
+    results: list[ExtractResult] = []
+    bar = tqdm(mine, desc=f"hipt extract{f' [rank {rank}]' if world_size > 1 else ''}", unit="slide",
+               disable=not progress, position=rank if world_size > 1 else None)
+    for cf in bar:
+        name = cf.stem
+        bar.set_postfix_str(name, refresh=False)
+        try:
+            slide_path = index.get(name)
+            if slides is not None and slide_path is None:
+                raise InputFileError(cf, f"no slide named {name!r} in {slides}")
+            r = extract_slide(slide_path, cf, out_dir / f"{name}.h5", model, batch_regions=batch_regions,
+                              workers=workers, dtype=dtype, device=device, storage_dtype=storage_dtype,
+                              overwrite=overwrite, progress=progress)
+        except Exception as e:  # noqa: BLE001 - one bad slide must not stop the batch
+            r = ExtractResult(name, "failed", reason=_reason(e))
+            log(f"error: {e}" if isinstance(e, HIPTError) else f"error: {cf}: {r.reason}")
+        results.append(r)
+    bar.close()
+    _write_summaries(out_dir, results, rank, world_size)
+    return results
+
+
+def _read_summary(path: Path) -> dict[str, dict[str, str]]:
+    if not path.is_file():
+        return {}
+    try:
+        with open(path, newline="") as f:
+            return {row["slide"]: row for row in csv.DictReader(f) if row.get("slide")}
+    except (OSError, KeyError, csv.Error):
+        return {}
+
+
+def _summary_text(rows: Iterable[dict[str, str]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(SUMMARY_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for row in sorted(rows, key=lambda r: r["slide"]):
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def _write_summaries(out_dir: Path, results: list[ExtractResult], rank: int, world: int) -> None:
+    summary = out_dir / "summary.csv"
+    if world == 1:
+        rows = _read_summary(summary)
+        for r in results:
+            if r.status == "skipped" and rows.get(r.slide, {}).get("status") == "ok":
+                continue  # keep the row of the run that made it
+            rows[r.slide] = r.row()
+        atomic_write_text(summary, _summary_text(rows.values()))
+        return
+    new = {r.slide: r.row() for r in results}
+    part = out_dir / f"summary.rank{rank}.csv"
+    atomic_write_text(part, _summary_text(new.values()))
+    _barrier()
+    if rank == 0:
+        rows = _read_summary(summary)
+        for r in range(world):
+            p = out_dir / f"summary.rank{r}.csv"
+            rows.update(_read_summary(p))
+        atomic_write_text(summary, _summary_text(rows.values()))
+        for r in range(world):
+            with contextlib.suppress(FileNotFoundError):
+                (out_dir / f"summary.rank{r}.csv").unlink()
+
+
+def _barrier() -> None:
+    """Wait for every rank (gloo process group from torchrun's env, created on first use)."""
+    import torch.distributed as dist
+
+    if not dist.is_available():  # pragma: no cover
+        return
+    created = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+        created = True
+    dist.barrier()
+    if created:
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Extract hierarchical features: for every region that 'hipt patch' kept, the ViT256 [CLS] tokens of "
+        "its patches (feats256 [M,n,384]) and the ViT4096 [CLS] token (feats4k [M,192]); one HDF5 file per "
+        "slide, OUT/<slide>.h5. Finished slides are skipped, a failing slide is recorded in "
+        "OUT/summary.csv and skipped. Exit code: 0 all slides ok, 1 some failed, 2 usage error. "
+        "Several GPUs or nodes: run under 'torchrun --nproc_per_node N -m hipt.cli extract ...' "
+        "(slides are sharded by index across ranks)."
+    )
+    parser.add_argument("--coords", required=True, help="the --out folder of 'hipt patch' (holding coords/*.h5)")
+    parser.add_argument("--slides", default=None,
+                        help="folder of the slides (default: the slide path stored in each coords file)")
+    parser.add_argument("--out", required=True, help="output folder for <slide>.h5 and summary.csv")
+    parser.add_argument("--vit256", default="vit256_small_dino",
+                        help="ViT256 weights: registry name, checkpoint path or URL, or random:vit256_tiny")
+    parser.add_argument("--vit4k", default="vit4k_xs_dino",
+                        help="ViT4K weights (as --vit256), or 'none' to write feats256 only (stage-2 data)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                        help="compute precision; bf16 = autocast (cos. sim. >= 0.999 with fp32)")
+    parser.add_argument("--storage-dtype", choices=["float32", "float16"], default="float32",
+                        help="storage of feats256 (float16 halves the files)")
+    parser.add_argument("--device", default=None,
+                        help="torch device (default: cuda[:LOCAL_RANK] if available, else cpu)")
+    parser.add_argument("--batch-regions", type=int, default=1, help="regions per forward pass")
+    parser.add_argument("--patch-batch", type=int, default=256, help="256-px patches per ViT256 call")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers reading regions")
+    parser.add_argument("--normalization", default="hipt", choices=["hipt", "imagenet"],
+                        help="pixel normalization (hipt = mean=std=0.5, as the released checkpoints)")
+    parser.add_argument("--overwrite", action="store_true", help="recompute slides already extracted")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _default_device(local_rank: int) -> str:
+    if torch.cuda.is_available():
+        return f"cuda:{local_rank % torch.cuda.device_count()}"
+    return "cpu"
+
+
+def run(args: argparse.Namespace) -> int:
+    rank, world, local = _dist_info()
+    device = args.device or _default_device(local)
+    if device == "cuda" and world > 1:
+        device = f"cuda:{local % max(1, torch.cuda.device_count())}"
+    if args.batch_regions < 1 or args.workers < 0:
+        raise HIPTError("--batch-regions must be >= 1 and --workers >= 0")
+    model = build_encoder(args.vit256, args.vit4k, normalization=args.normalization, patch_batch=args.patch_batch)
+    results = extract_folder(
+        args.coords, args.out, model, slides=args.slides, batch_regions=args.batch_regions, workers=args.workers,
+        dtype=args.dtype, device=device, storage_dtype=args.storage_dtype, overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    n_ok = sum(r.status == "ok" for r in results)
+    n_skip = sum(r.status == "skipped" for r in results)
+    failed = [r for r in results if r.status == "failed"]
+    print(f"hipt extract{f' [rank {rank}/{world}]' if world > 1 else ''}: {n_ok} extracted, {n_skip} already done, "
+          f"{len(failed)} failed -> {args.out}", file=sys.stderr)
+    return 1 if failed else 0
