@@ -363,6 +363,64 @@ def is_finished(run_dir: Path) -> bool:
     return record is not None and record.get("status") == OK
 
 
+def machine_summary(machine: dict | None = None) -> str:
+    """One line naming a machine, e.g. ``"Intel Xeon … (2 cores, 23.4 GiB), no GPU, torch 2.x"``."""
+    m = machine if machine is not None else hardware()
+    gpu = m.get("gpu") or "no GPU"
+    mem = f", {m['memory_gib']} GiB" if m.get("memory_gib") else ""
+    return f"{m.get('cpu')} ({m.get('cpu_count')} cores{mem}), {gpu}, torch {m.get('torch')}"
+
+
+def write_benchmark_result(name: str, rows: Sequence[dict], *, title: str | None = None,
+                           command: str | None = None, notes: str | None = None,
+                           folder: str | Path | None = None) -> Path:
+    """Write a benchmark's table to ``benchmarks/results/<name>.json`` (read by the Performance appendix).
+
+    The format (see ``benchmarks/README.md``)::
+
+        {"name": ..., "title": ..., "machine": "<one line>", "hardware": {...}, "date": "<ISO 8601 UTC>",
+         "command": ..., "notes": ..., "rows": [{"column": value, ...}, ...]}
+
+    ``rows`` are flat dicts with the same keys (one table row each; numbers or strings).
+    """
+    root = project_root()
+    dest_dir = Path(folder) if folder is not None else (root if root is not None else Path.cwd()) / "benchmarks" / "results"
+    machine = hardware()
+    machine.pop("hostname", None)
+    record = {
+        "name": name,
+        "title": title or name,
+        "machine": machine_summary(machine),
+        "hardware": machine,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command if command is not None else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "notes": notes,
+        "rows": [dict(r) for r in rows],
+    }
+    dest = dest_dir / f"{_safe(name)}.json"
+    atomic_write_text(dest, json.dumps(record, indent=2, default=float) + "\n")
+    return dest
+
+
+def read_benchmark_results(folder: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every ``benchmarks/results/*.json`` record, sorted by name; malformed files raise ``InputFileError``."""
+    root = project_root()
+    folder = Path(folder) if folder is not None else (root if root is not None else Path.cwd()) / "benchmarks" / "results"
+    records = []
+    for p in sorted(Path(folder).glob("*.json")):
+        try:
+            record = json.loads(p.read_text())
+        except ValueError as e:
+            raise InputFileError(p, f"not valid JSON ({e})") from None
+        missing = {"machine", "date", "rows"} - set(record)
+        if missing:
+            raise InputFileError(p, f"benchmark result lacks {sorted(missing)}", "see benchmarks/README.md")
+        record.setdefault("name", p.stem)
+        record.setdefault("title", record["name"])
+        records.append(record)
+    return records
+
+
 # --------------------------------------------------------------------------------------------------
 # execution
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,163 @@
+"""The book's structure: every page of ``_toc.yml`` exists and each chapter has the agreed shape.
+
+A chapter (``book/NN_*.md``) must: parse with jupytext as a MyST notebook; start with the Colab
+install cell; have a cell tagged ``parameters`` that defines ``preset = "cpu"`` and documents the
+``"paper"`` switch; carry an "Open in Colab" badge pointing to ``book/notebooks/<name>.ipynb`` of this
+repository; have the headings "Learning goals", "Summary", "Exercises" and "References" (with the
+paper's sections, ``§``); and its Colab notebook must be in sync with the source
+(``python tools/sync_notebooks.py``).  A placeholder chapter fails these tests on purpose.
+
+The introduction and the appendices are checked by the rules that apply to them.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_sync_tool():
+    spec = importlib.util.spec_from_file_location("sync_notebooks", ROOT / "tools" / "sync_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SYNC = _load_sync_tool()
+PAGES = SYNC.toc_files(ROOT)
+CHAPTERS = [p for p in PAGES if re.match(r"\d\d_", p.name)]
+# my own notebook pages: executed in the build, with parameters and a Colab badge
+CODE_APPENDICES = [ROOT / "book" / "appendix_reproducing.md", ROOT / "book" / "appendix_performance.md"]
+NOTEBOOK_PAGES = CHAPTERS + CODE_APPENDICES + [ROOT / "book" / "intro.md"]
+
+
+def _repo_slug() -> str:
+    import yaml
+
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    return url.rstrip("/").removeprefix("https://github.com/")
+
+
+def _ids(paths):
+    return [p.stem for p in paths]
+
+
+def _read_notebook(path: Path):
+    import jupytext
+
+    assert SYNC.is_notebook_source(path), f"{path.name}: no jupytext/kernelspec header: not a MyST notebook yet"
+    return jupytext.read(path, fmt="md:myst")
+
+
+def test_toc_pages_exist():
+    missing = [str(p.relative_to(ROOT)) for p in PAGES if not p.is_file()]
+    assert not missing, f"pages named in _toc.yml but absent: {missing}"
+    assert len(CHAPTERS) == 9, [p.name for p in CHAPTERS]
+
+
+@pytest.mark.parametrize("page", CHAPTERS + CODE_APPENDICES, ids=_ids(CHAPTERS + CODE_APPENDICES))
+def test_parameters_cell(page):
+    nb = _read_notebook(page)
+    tagged = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{page.name}: expected exactly one code cell tagged 'parameters', found {len(tagged)}"
+    source = tagged[0].source
+    tree = ast.parse(source)  # the parameters cell is plain Python (papermill injects after it)
+    values = {
+        t.id: node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    }
+    assert "preset" in values, f"{page.name}: the parameters cell does not define `preset`"
+    assert isinstance(values["preset"], ast.Constant) and values["preset"].value == "cpu", (
+        f"{page.name}: `preset` must default to \"cpu\" (the CPU defaults are what the book executes)"
+    )
+    assert "paper" in source, f"{page.name}: the parameters cell must document the \"paper\" preset"
+    # the parameters cell comes before any other code that does work (setup cell excepted)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code.index(tagged[0]) <= 1, f"{page.name}: the parameters cell must be the first cell after setup"
+
+
+@pytest.mark.parametrize("page", CHAPTERS + CODE_APPENDICES, ids=_ids(CHAPTERS + CODE_APPENDICES))
+def test_colab_badge_and_setup_cell(page):
+    nb = _read_notebook(page)
+    text = page.read_text(encoding="utf-8")
+    url = f"https://colab.research.google.com/github/{_repo_slug()}/blob/main/book/notebooks/{page.stem}.ipynb"
+    badge = re.search(r"\[!\[Open in Colab\]\(_static/colab-badge\.svg\)\]\((?P<url>[^)]+)\)", text)
+    assert badge, f"{page.name}: no 'Open in Colab' badge ([![Open in Colab](_static/colab-badge.svg)](...))"
+    assert badge["url"] == url, f"{page.name}: the badge points to {badge['url']}, expected {url}"
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert "google.colab" in first.source and "pip" in first.source and "hipt" in first.source, (
+        f"{page.name}: the first code cell must install the package when running in Colab"
+    )
+    code = "\n".join(line for line in first.source.splitlines() if not line.lstrip().startswith("#"))
+    assert "requirements-cpu" not in code and not re.search(r"install[^\n]*\btorch\b", code), (
+        f"{page.name}: the Colab cell must keep Colab's torch"
+    )
+
+
+@pytest.mark.parametrize("page", CHAPTERS, ids=_ids(CHAPTERS))
+def test_chapter_sections(page):
+    text = page.read_text(encoding="utf-8")
+    headings = [m.group(1).strip() for m in re.finditer(r"^#{1,3}\s+(.+)$", text, flags=re.M)]
+    for needed in ("Learning goals", "Summary", "Exercises", "References"):
+        assert any(h.lower().startswith(needed.lower()) for h in headings), f"{page.name}: no '{needed}' heading"
+    refs = text[re.search(r"^#{1,3}\s+References", text, flags=re.M).start():]
+    assert "§" in refs, f"{page.name}: the references must name the paper's sections (§…)"
+
+
+@pytest.mark.parametrize("page", NOTEBOOK_PAGES, ids=_ids(NOTEBOOK_PAGES))
+def test_colab_notebook_in_sync(page):
+    _read_notebook(page)
+    dest = SYNC.notebook_path(page)
+    assert dest.is_file(), f"{dest.relative_to(ROOT)} missing: run python tools/sync_notebooks.py"
+    assert dest.read_text(encoding="utf-8") == SYNC.render(page), (
+        f"{dest.relative_to(ROOT)} is out of date with {page.name}: run python tools/sync_notebooks.py"
+    )
+
+
+def test_sync_is_deterministic_and_strips_outputs(tmp_path):
+    page = ROOT / "book" / "appendix_reproducing.md"
+    a, b = SYNC.render(page), SYNC.render(page)
+    assert a == b
+    nb = json.loads(a)
+    assert "jupytext" not in nb["metadata"]
+    assert [c["id"] for c in nb["cells"]] == [f"cell-{i}" for i in range(len(nb["cells"]))]
+    assert all(c.get("outputs", []) == [] for c in nb["cells"])
+    # the badge image resolves from book/notebooks/
+    assert "](../_static/colab-badge.svg)" in a
+
+
+def test_template_is_a_valid_chapter():
+    """The chapter template passes the chapter checks (so copying it is a correct start)."""
+    template = ROOT / "book" / "_chapter_template.md"
+    nb = _read_notebook(template)
+    assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    assert "## Learning goals" in template.read_text() and "## Exercises" in template.read_text()
+
+
+def test_api_appendix_documents_every_module():
+    """``book/appendix_api.md`` has one ``automodule`` per module of the package, and no stale one."""
+    spec = importlib.util.spec_from_file_location("api_appendix", ROOT / "tools" / "api_appendix.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    text = (ROOT / "book" / "appendix_api.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\.\. automodule:: ([\w.]+)", text, flags=re.M))
+    modules = {"hipt", *tool.package_modules()}
+    assert documented - modules == set(), f"documented but absent: {sorted(documented - modules)}"
+    assert modules - documented == set(), f"not in the API appendix: {sorted(modules - documented)}"
+    assert text == tool.render(), "book/appendix_api.md is out of date: run python tools/api_appendix.py"
+
+
+def test_intro_lists_every_chapter():
+    text = (ROOT / "book" / "intro.md").read_text(encoding="utf-8")
+    for page in CHAPTERS:
+        assert f"{page.stem}" in text, f"intro.md does not link {page.stem}"
