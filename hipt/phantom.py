@@ -99,8 +99,18 @@ def _rng(*keys: int) -> np.random.Generator:
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float | Sequence[float]) -> np.ndarray:
-    """Gaussian-filtered white noise rescaled to unit standard deviation, float32 ``shape``."""
-    n = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="wrap")
+    """Gaussian-filtered white noise rescaled to zero mean and unit standard deviation, float32 ``shape``.
+
+    ``sigma`` is capped at a quarter of the side, so small patches still get a varying field.
+    """
+    sigma = np.minimum(np.broadcast_to(np.asarray(sigma, float), (2,)), np.asarray(shape) / 4)
+    # smooth fields are drawn on a coarser grid (≥ 2.5 samples per sigma) and interpolated: much faster
+    step = [max(1, int(s_ / 2.5)) for s_ in sigma]
+    small = tuple(-(-n_ // f) for n_, f in zip(shape, step))
+    n = ndi.gaussian_filter(rng.standard_normal(small).astype(np.float32), sigma / np.asarray(step), mode="wrap")
+    if step != [1, 1]:
+        n = ndi.zoom(n, step, order=1, mode="grid-wrap", grid_mode=True)[: shape[0], : shape[1]]
+    n -= n.mean()
     return n / (n.std() + 1e-6)
 
 
@@ -145,49 +155,64 @@ def _stamp_nuclei(
     (``texture`` [H, W] sampled in place), a darker nuclear membrane (``rim``) and, with probability
     ``nucleoli``, one or two nucleoli; ``vesicular`` pales the centre (open chromatin).
     """
+    n = len(centres)
+    if n == 0:
+        return
     size_y, size_x = h.shape
-    for k in range(len(centres)):
-        cy, cx = centres[k]
-        a, b = float(semi_major[k]), float(semi_minor[k])
-        reach = a * (1 + 2.5 * irregularity) + 2
-        y0, y1 = max(int(cy - reach), 0), min(int(cy + reach) + 2, size_y)
-        x0, x1 = max(int(cx - reach), 0), min(int(cx + reach) + 2, size_x)
-        if y0 >= y1 or x0 >= x1:
-            continue
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-        dy, dx = yy - cy, xx - cx
-        ca, sa = math.cos(angles[k]), math.sin(angles[k])
-        u, v = dx * ca + dy * sa, -dx * sa + dy * ca
-        r = np.sqrt((u / a) ** 2 + (v / b) ** 2)
-        if irregularity:
-            theta = np.arctan2(v, u)
-            bound = np.ones_like(r)
-            for harmonic in (2, 3, 4, 5):
-                bound += (irregularity / harmonic ** 0.5) * rng.normal() * np.cos(harmonic * theta + rng.uniform(0, 2 * math.pi))
-        else:
-            bound = 1.0
-        depth = (bound - r) * b  # ≈ px inside the boundary
-        alpha = np.clip(depth + 0.5, 0.0, 1.0)
-        inside = depth > 0
-        if not inside.any():
-            continue
-        val = intensity[k] * (1.0 + rim * np.exp(-0.5 * (depth / 1.2) ** 2))
-        if vesicular:  # open chromatin: paler centre, chromatin along the membrane
-            val = val * (1.0 - vesicular * np.clip(depth / (0.6 * b), 0.0, 1.0))
-        if texture is not None:
-            val = val * (1.0 + texture_amp * texture[y0:y1, x0:x1])
-        if nucleoli and rng.random() < nucleoli:
-            for _ in range(rng.integers(1, 3)):
-                rr = rng.uniform(0, 0.5)
-                ta = rng.uniform(0, 2 * math.pi)
-                ny, nx = rr * b * math.sin(ta), rr * a * math.cos(ta)
-                ly, lx = nx * sa + ny * ca, nx * ca - ny * sa
-                dn = (dy - ly) ** 2 + (dx - lx) ** 2
-                val = val + 0.9 * np.exp(-dn / (2 * 1.3 ** 2))
-        hv = h[y0:y1, x0:x1]
-        np.maximum(hv, alpha * val, out=hv)
-        e[y0:y1, x0:x1] *= 1.0 - 0.55 * alpha
-        mask[y0:y1, x0:x1] |= inside
+    half = int(math.ceil(float(np.max(semi_major)) * (1 + 2.5 * irregularity) + 2))
+    k = 2 * half + 1
+    # every nucleus is drawn in its own k×k window, all at once: [N, k, k]
+    iy, ix = np.floor(centres[:, 0]).astype(np.int64), np.floor(centres[:, 1]).astype(np.int64)
+    off = np.arange(-half, half + 1, dtype=np.float32)
+    dy = off[None, :, None] - (centres[:, 0] - iy).astype(np.float32)[:, None, None]
+    dx = off[None, None, :] - (centres[:, 1] - ix).astype(np.float32)[:, None, None]
+    ca = np.cos(angles).astype(np.float32)[:, None, None]
+    sa = np.sin(angles).astype(np.float32)[:, None, None]
+    u, v = dx * ca + dy * sa, -dx * sa + dy * ca
+    a = np.asarray(semi_major, np.float32)[:, None, None]
+    b = np.asarray(semi_minor, np.float32)[:, None, None]
+    r = np.sqrt((u / a) ** 2 + (v / b) ** 2)
+    bound = np.float32(1.0)
+    if irregularity:
+        theta = np.arctan2(v, u)
+        harmonics = np.array([2, 3, 4, 5], np.float32)
+        coef = (rng.normal(size=(n, 4)) * irregularity / np.sqrt(harmonics)).astype(np.float32)
+        phase = rng.uniform(0, 2 * math.pi, (n, 4)).astype(np.float32)
+        for j, m in enumerate(harmonics):
+            bound = bound + coef[:, j, None, None] * np.cos(m * theta + phase[:, j, None, None])
+    depth = (bound - r) * b  # ≈ px inside the boundary
+    alpha = np.clip(depth + 0.5, 0.0, 1.0)
+    inside = depth > 0
+    val = np.asarray(intensity, np.float32)[:, None, None] * (1.0 + rim * np.exp(-0.5 * (depth / 1.2) ** 2))
+    if vesicular:  # open chromatin: paler centre, chromatin along the membrane
+        val *= 1.0 - vesicular * np.clip(depth / (0.6 * b), 0.0, 1.0)
+    if texture is not None:
+        windows = np.lib.stride_tricks.sliding_window_view(np.pad(texture, half, mode="wrap"), (k, k))
+        val *= 1.0 + texture_amp * windows[np.clip(iy, 0, size_y - 1), np.clip(ix, 0, size_x - 1)]
+    if nucleoli:
+        has = rng.random(n) < nucleoli
+        count = rng.integers(1, 3, n)
+        for j in range(2):
+            rr, ta = rng.uniform(0, 0.5, n), rng.uniform(0, 2 * math.pi, n)
+            ny, nx = rr * semi_minor * np.sin(ta), rr * semi_major * np.cos(ta)
+            ly = (nx * np.sin(angles) + ny * np.cos(angles)).astype(np.float32)[:, None, None]
+            lx = (nx * np.cos(angles) - ny * np.sin(angles)).astype(np.float32)[:, None, None]
+            on = (has & (count > j)).astype(np.float32)[:, None, None]
+            val += on * 0.9 * np.exp(-((dy - ly) ** 2 + (dx - lx) ** 2) / (2 * 1.3**2))
+    # scatter into the maps through a padded canvas (windows may hang over the edges)
+    wy = (iy[:, None] + np.arange(k)[None, :])[:, :, None]  # padded coordinates
+    wx = (ix[:, None] + np.arange(k)[None, :])[:, None, :]
+    ok = ((wy >= 0) & (wy < size_y + 2 * half) & (wx >= 0) & (wx < size_x + 2 * half))
+    flat = (wy * (size_x + 2 * half) + wx)[ok]
+    shape_p = (size_y + 2 * half, size_x + 2 * half)
+    hp, ep, mp = np.pad(h, half), np.pad(e, half), np.pad(mask, half)
+    np.maximum.at(hp.reshape(-1), flat, (alpha * val)[ok])
+    np.multiply.at(ep.reshape(-1), flat, (1.0 - 0.55 * alpha)[ok])
+    np.logical_or.at(mp.reshape(-1), flat, inside[ok])
+    assert hp.shape == shape_p
+    h[:] = hp[half:-half, half:-half]
+    e[:] = ep[half:-half, half:-half]
+    mask[:] = mp[half:-half, half:-half]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,11 +267,7 @@ def _render_tumour(size: int, rng: np.random.Generator):
 def _fibre_field(size: int, rng: np.random.Generator):
     """Wavy oriented fibre intensity in [0, 1] and the local fibre angle, both ``[S, S]``."""
     big = size + 2 * 32
-    raw = rng.standard_normal((big, big)).astype(np.float32)
-    streak = ndi.gaussian_filter(raw, (1.4, 14.0), mode="wrap")  # fibre bundles along x
-    streak /= streak.std() + 1e-6
-    fine = ndi.gaussian_filter(rng.standard_normal((big, big)).astype(np.float32), (0.7, 5.0), mode="wrap")
-    streak = 0.8 * streak + 0.6 * fine / (fine.std() + 1e-6)
+    streak = 0.8 * _smooth_noise(rng, (big, big), (1.4, 14.0)) + 0.6 * _smooth_noise(rng, (big, big), (0.7, 5.0))
     theta = rng.uniform(0, np.pi)
     wave_amp, wave_len = rng.uniform(2, 7), rng.uniform(90, 220)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -869,12 +890,13 @@ def context_region(grid: int, informative: bool, rng: np.random.Generator, max_t
     Every region has exactly the same multiset of cells (:func:`context_counts`: 25 % tumour, 12.5 %
     lymphocytes, 12.5 % adipose, the rest stroma); only the arrangement differs:
 
-    - informative: the lymphocyte aggregate grows from the tumour nest's margin and hugs it (≥ 2 shared
-      edges between lymphocyte and tumour cells);
+    - informative: the lymphocyte aggregate grows from the tumour nest's margin and hugs it (at least a
+      third as many shared lymphocyte–tumour cell edges as there are lymphocyte cells, and ≥ 2);
     - not informative: every lymphocyte cell is at least 2 cells (Chebyshev) from every tumour cell,
       i.e. separated by stroma (or fat); no lymphocyte cell touches tumour, not even diagonally.
     """
     counts = context_counts(grid)
+    min_contact = max(2, math.ceil(counts[LYMPHOCYTES] / 3))
     for _ in range(max_tries):
         lay = np.full((grid, grid), STROMA, np.int8)
         tum = _grow_blob(rng, np.ones((grid, grid), bool), counts[TUMOUR], compact=3.0)
@@ -883,7 +905,7 @@ def context_region(grid: int, informative: bool, rng: np.random.Generator, max_t
         free = ~tum
         if informative:
             margin = _dilate(tum, diagonal=False) & free
-            lym = _grow_blob(rng, free, counts[LYMPHOCYTES], seeds=margin, prefer=np.where(margin, 6.0, 1.0))
+            lym = _grow_blob(rng, free, counts[LYMPHOCYTES], seeds=margin, prefer=np.where(margin, 10.0, 1.0))
         else:
             lym = _grow_blob(rng, free & ~_dilate(tum), counts[LYMPHOCYTES])
         if lym is None:
@@ -895,7 +917,7 @@ def context_region(grid: int, informative: bool, rng: np.random.Generator, max_t
             continue
         lay[fat] = ADIPOSE
         contact = touches(lay, TUMOUR, LYMPHOCYTES, diagonal=not informative)
-        if (informative and contact >= 2) or (not informative and contact == 0):
+        if (informative and contact >= min_contact) or (not informative and contact == 0):
             return lay
     raise HIPTError(f"context_region: could not place the arrangement in a {grid}x{grid} region; use a larger region")
 
