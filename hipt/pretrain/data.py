@@ -1,0 +1,354 @@
+"""Pretraining data: streams of patches (stage 1) and of feature grids (stage 2), with a resumable,
+shardable sampler.
+
+Every dataset here is *map-style and lazy*: it holds an index (which slide / region / file, a few
+integers per item) and reads the pixels or features of one item when asked, so memory does not grow
+with the data (the index grows by a few bytes per item; the in-memory phantom arrays are the one
+exception, by design).  Items are addressed by a key ``(index, seed)``: the seed drives that item's
+augmentation, so the same key always gives the same crops, in any worker.
+
+:class:`StreamSampler` turns the dataset into an endless, reproducible stream of keys: pass ``p`` over
+the data uses a permutation drawn from ``(seed, p)``; global position ``g`` (the g-th sample of the
+run, across all processes) gets the seed ``hash(seed, g)``.  Step ``s`` of a run with global batch
+``B`` consumes positions ``s·B … s·B + B − 1``; rank ``r`` of ``W`` takes its contiguous share
+``s·B + r·B/W …``.  So (a) a run restarted at step ``s`` sees exactly the samples an uninterrupted run
+would, and (b) W processes with batch ``B/W`` each see, together, exactly the batch one process with
+batch ``B`` sees.
+
+Datasets:
+
+- :class:`ArrayPatches`: in-memory ``[N, H, W, 3]`` uint8 patches (phantom patches).
+- :class:`ImageFolderPatches`: a folder tree of image files (PNG/JPEG/TIFF).
+- :class:`SlidePatches`: 256-px patches read straight from slides, inside the regions of
+  ``hipt patch`` coordinate files (no PNG dump).
+- :class:`FeatureGrids`: the ``feats256`` ``[M, n, D]`` arrays of ``hipt extract`` files, one region
+  at a time, as ``[D, H, W]`` grids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from hipt.errors import InputFileError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+Key = tuple[int, int]  # (item index, augmentation seed)
+
+
+def sample_seed(run_seed: int, position: int) -> int:
+    """A 63-bit seed for the sample at global stream ``position`` of a run seeded ``run_seed``."""
+    h = hashlib.blake2b(f"{run_seed}:{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+class StreamSampler(Sampler[Key]):
+    """Endless (or ``total_steps``-long) reproducible stream of ``(index, seed)`` keys for one rank.
+
+    Args:
+        n_items: dataset length N.
+        global_batch: samples per step over all processes (B).
+        seed: run seed.
+        rank, world_size: this process's share (``B`` must be divisible by ``world_size``).
+        start_step: first step to produce (resume).
+        total_steps: stop after this step (exclusive); ``None`` = endless.
+        shuffle: permute each pass (else the identity order).
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        global_batch: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        start_step: int = 0,
+        total_steps: int | None = None,
+        shuffle: bool = True,
+    ):
+        if n_items <= 0:
+            raise ValueError("the dataset is empty")
+        if global_batch % world_size:
+            raise ValueError(f"global batch {global_batch} is not divisible by {world_size} processes")
+        self.n_items, self.global_batch, self.seed = n_items, global_batch, seed
+        self.rank, self.world_size = rank, world_size
+        self.local_batch = global_batch // world_size
+        self.start_step, self.total_steps, self.shuffle = start_step, total_steps, shuffle
+        self._perm_pass: int | None = None
+        self._perm: np.ndarray | None = None
+
+    def _permutation(self, p: int) -> np.ndarray:
+        if self._perm_pass != p:
+            if self.shuffle:
+                rng = np.random.default_rng([self.seed, p])
+                self._perm = rng.permutation(self.n_items)
+            else:
+                self._perm = np.arange(self.n_items)
+            self._perm_pass = p
+        assert self._perm is not None
+        return self._perm
+
+    def key(self, position: int) -> Key:
+        """The key of global stream position ``position``."""
+        p, i = divmod(position, self.n_items)
+        return int(self._permutation(p)[i]), sample_seed(self.seed, position)
+
+    def __iter__(self) -> Iterator[Key]:
+        step = self.start_step
+        while self.total_steps is None or step < self.total_steps:
+            first = step * self.global_batch + self.rank * self.local_batch
+            for pos in range(first, first + self.local_batch):
+                yield self.key(pos)
+            step += 1
+
+    def __len__(self) -> int:
+        if self.total_steps is None:
+            raise TypeError("an endless StreamSampler has no length")
+        return max(0, self.total_steps - self.start_step) * self.local_batch
+
+
+class _KeyedDataset(Dataset):
+    """Base: ``__getitem__((index, seed))`` → ``transform(item, seed=seed)``; ``load(index)`` → raw item."""
+
+    transform: Callable | None = None
+
+    def load(self, index: int):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, key: Key | int):
+        index, seed = key if isinstance(key, tuple) else (int(key), None)
+        item = self.load(index)
+        if self.transform is None:
+            return item
+        return self.transform(item, seed=seed)
+
+
+class ArrayPatches(_KeyedDataset):
+    """In-memory patches ``[N, H, W, 3]`` uint8 (e.g. :func:`hipt.phantom.phantom_patches`)."""
+
+    def __init__(self, images: np.ndarray, transform: Callable | None = None):
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"expected [N, H, W, 3] uint8 patches, got {images.shape} {images.dtype}")
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+
+class ImageFolderPatches(_KeyedDataset):
+    """Every image file under ``root`` (recursively, sorted), read lazily as RGB."""
+
+    def __init__(self, root: str | Path, transform: Callable | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise InputFileError(self.root, "not a folder of images")
+        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise InputFileError(self.root, "contains no image files", f"expected one of {sorted(IMAGE_SUFFIXES)}")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(self.files[index]) as im:
+            return np.asarray(im.convert("RGB"))
+
+
+class SlidePatches(_KeyedDataset):
+    """Patches read straight from slides, inside the regions found by ``hipt patch``.
+
+    Args:
+        slides: ``(slide_path, coords_h5)`` pairs (see :func:`pairs_from_patch_dir`).
+        patch_size: patch side at ``target_mpp`` (256).
+        target_mpp: physical resolution to read at; defaults to the one stored in each coords file.
+        mpp: override of the slides' own mpp (for slides without metadata).
+
+    Item ``i`` is patch ``(r, c)`` of region ``k`` of slide ``s``; the index holds, per region, the
+    slide number and its level-0 corner (3 integers), and the level-0 extent of a patch per slide.
+    Slides are opened lazily, once per worker process.
+    """
+
+    def __init__(
+        self,
+        slides: Sequence[tuple[str | Path, str | Path]],
+        patch_size: int = 256,
+        target_mpp: float | None = None,
+        mpp: float | None = None,
+        transform: Callable | None = None,
+    ):
+        from hipt.tiling import load_coords
+
+        self.patch_size, self.mpp, self.transform = patch_size, mpp, transform
+        self.slide_paths: list[Path] = []
+        self.target_mpps: list[float] = []
+        rows: list[np.ndarray] = []
+        per_region: list[int] = []
+        for s, (slide_path, coords_path) in enumerate(slides):
+            coords = load_coords(coords_path)
+            xy, attrs = _coords_and_attrs(coords, coords_path)
+            region = int(attrs.get("region_size", 4096))
+            if region % patch_size:
+                raise InputFileError(coords_path, f"region size {region} is not a multiple of the patch size {patch_size}")
+            self.slide_paths.append(Path(slide_path))
+            self.target_mpps.append(float(target_mpp or attrs.get("target_mpp", 0.5)))
+            rows.append(np.column_stack([np.full(len(xy), s), xy]).astype(np.int64))
+            per_region.append((region // patch_size) ** 2)
+        self.regions = np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
+        self.patches_per_region = np.asarray([per_region[s] for s in self.regions[:, 0]], np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(self.patches_per_region)])
+        self._open: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def _slide(self, s: int):
+        if s not in self._open:
+            from hipt.slide import open_slide
+
+            self._open[s] = open_slide(self.slide_paths[s], mpp=self.mpp)
+        return self._open[s]
+
+    def load(self, index: int) -> np.ndarray:
+        k = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        j = index - int(self._offsets[k])
+        s, x0, y0 = (int(v) for v in self.regions[k])
+        per_side = math.isqrt(int(self.patches_per_region[k]))
+        r, c = divmod(j, per_side)
+        slide = self._slide(s)
+        step = slide.level0_scale(self.target_mpps[s]) * self.patch_size
+        xy = (int(round(x0 + c * step)), int(round(y0 + r * step)))
+        return slide.read_region(xy, self.patch_size, target_mpp=self.target_mpps[s])
+
+    def __getstate__(self):  # slide handles are not pickled into workers
+        state = self.__dict__.copy()
+        state["_open"] = {}
+        return state
+
+
+def _coords_and_attrs(coords, path) -> tuple[np.ndarray, dict]:
+    """Accept what ``hipt.tiling.load_coords`` returns: an object with ``coords``/``attrs``, a dict, or
+    an ``(array, attrs)`` pair."""
+    if isinstance(coords, tuple) and len(coords) == 2:
+        xy, attrs = coords
+    elif isinstance(coords, dict):
+        xy, attrs = coords["coords"], {k: v for k, v in coords.items() if k != "coords"}
+    else:
+        xy, attrs = coords.coords, dict(getattr(coords, "attrs", {}) or vars(coords))
+    xy = np.asarray(xy).reshape(-1, 2)
+    return xy, attrs
+
+
+def pairs_from_patch_dir(patch_dir: str | Path, slides_dir: str | Path) -> list[tuple[Path, Path]]:
+    """``(slide, coords)`` pairs from a ``hipt patch`` output folder and the slides' folder (slides are
+    matched by stem)."""
+    coords_dir = Path(patch_dir) / "coords"
+    if not coords_dir.is_dir():
+        raise InputFileError(patch_dir, "has no coords/ folder", "run `hipt patch` first")
+    slides = {p.stem: p for p in Path(slides_dir).iterdir() if p.is_file()}
+    pairs = []
+    for c in sorted(coords_dir.glob("*.h5")):
+        if c.stem not in slides:
+            raise InputFileError(c, f"no slide named {c.stem}.* in {slides_dir}")
+        pairs.append((slides[c.stem], c))
+    if not pairs:
+        raise InputFileError(coords_dir, "contains no coordinate files")
+    return pairs
+
+
+class FeatureGrids(_KeyedDataset):
+    """Regions of ``hipt extract`` files as ``[D, H, W]`` feature grids (stage-2 pretraining data).
+
+    Args:
+        files: HDF5 files with a ``feats256`` dataset ``[M, n, D]`` (n = H·W, row-major) — or a folder
+            of them.  Also accepted: ``.pt`` files holding one ``[n, D]`` tensor per region (the
+            reference's ``SeqDataset`` format) — or any in-memory ``[M, n, D]`` array via
+            :meth:`from_array`.
+        grid_hw: the grid shape if not square.
+
+    Reads one region per item (h5py slicing of ``feats256[m]``); files are opened lazily per worker.
+    """
+
+    def __init__(self, files: Sequence[str | Path] | str | Path, transform: Callable | None = None, grid_hw=None):
+        if isinstance(files, (str, Path)):
+            folder = Path(files)
+            if not folder.is_dir():
+                raise InputFileError(folder, "not a folder of feature files")
+            files = sorted([*folder.glob("*.h5"), *folder.glob("*.pt")])
+            if not files:
+                raise InputFileError(folder, "contains no .h5 or .pt feature files", "run `hipt extract` first")
+        self.files = [Path(f) for f in files]
+        self.transform, self.grid_hw = transform, grid_hw
+        index = []
+        for i, f in enumerate(self.files):
+            if f.suffix == ".pt":
+                index.append((i, -1))
+                continue
+            import h5py
+
+            try:
+                with h5py.File(f, "r") as h5:
+                    if "feats256" not in h5:
+                        raise InputFileError(f, "has no 'feats256' dataset", "extract it with `hipt extract`")
+                    m = h5["feats256"].shape[0]
+            except OSError as e:
+                raise InputFileError(f, f"cannot be read as HDF5 ({e})") from None
+            index.extend((i, j) for j in range(m))
+        self.index = np.asarray(index, dtype=np.int64).reshape(-1, 2)
+        self._h5: dict[int, object] = {}
+        self._array: np.ndarray | None = None
+
+    @classmethod
+    def from_array(cls, feats: np.ndarray, transform: Callable | None = None, grid_hw=None) -> FeatureGrids:
+        """An in-memory ``[M, n, D]`` array of region features."""
+        self = cls.__new__(cls)
+        self.files, self.transform, self.grid_hw = [], transform, grid_hw
+        self._array = np.asarray(feats)
+        self.index = np.column_stack([np.zeros(len(self._array), np.int64), np.arange(len(self._array))])
+        self._h5 = {}
+        return self
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def tokens(self, index: int) -> np.ndarray:
+        """``[n, D]`` float32 tokens of item ``index``."""
+        i, j = (int(v) for v in self.index[index])
+        if self._array is not None:
+            return np.asarray(self._array[j], dtype=np.float32)
+        f = self.files[i]
+        if j < 0:
+            return torch.load(f, map_location="cpu", weights_only=True).float().numpy()
+        if i not in self._h5:
+            import h5py
+
+            self._h5[i] = h5py.File(f, "r")
+        return np.asarray(self._h5[i]["feats256"][j], dtype=np.float32)
+
+    def load(self, index: int) -> torch.Tensor:
+        from hipt.pretrain.augment import tokens_to_grid
+
+        return tokens_to_grid(self.tokens(index), self.grid_hw)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_h5"] = {}
+        return state
+
+
+def collate_crops(batch: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """``B`` lists of ``ncrops`` views → ``ncrops`` tensors ``[B, …]``."""
+    return [torch.stack(views) for views in zip(*batch)]

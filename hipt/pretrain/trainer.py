@@ -1,0 +1,698 @@
+"""Two-stage DINO pretraining (``hipt pretrain``): ViT256-16 on patches, then ViT4096-256 on feature grids.
+
+One entry point serves both stages: :func:`train` takes a flat :class:`PretrainConfig` (its fields are
+the book chapters' papermill parameters and the CLI's options), built from a preset
+(:data:`PRESETS`: ``cpu-tiny`` for a CPU, ``paper`` for the reference hyper-parameters).
+
+Runs on one CPU or GPU without any process group, or on several GPUs / nodes with
+``torchrun --nproc_per_node N -m hipt.cli pretrain ...`` (DDP; the global batch is
+``batch_size_per_gpu × N``).  A checkpoint in the released DINO format (``student``, ``teacher``,
+``optimizer``, ``epoch``, ``args``, ``dino_loss``, plus the RNG states, the step and the log) is written
+atomically every ``checkpoint_every`` steps; rerunning the same command resumes exactly (the loss
+sequence after a resume equals an uninterrupted run's).
+
+Tuning advice (DINO's, and ours on the phantom data)
+----------------------------------------------------
+- **Loss stuck at ln(out_dim)** (printed at start): the output collapsed to uniform.  Lower the teacher
+  temperature (``--teacher-temp 0.04``), keep ``--norm-last-layer`` on, check the LR is not too high
+  and that the data are not constant (e.g. all background).
+- **Loss drops to ~0 fast**: collapse to one dimension; raise ``--center-momentum`` towards 0.9-0.99,
+  or raise the teacher temperature slightly (≤ 0.07, with ``--warmup-teacher-temp-epochs``).
+- **Batch size and LR**: the LR is scaled by ``global_batch / 256``; when changing the number of GPUs,
+  keep ``--lr`` (the base LR) and the rule does the rest.  Small batches (< 64) train but need more
+  steps; a longer ``--warmup-epochs`` helps when the loss spikes early.
+- **Teacher momentum**: 0.996 for long runs; for short runs (a few thousand steps) 0.99-0.995 lets the
+  teacher improve faster.
+- **Epochs vs iterations**: the paper trained ≈ 1 pass over its data (400k iterations of batch 256 for
+  stage 1, 200k for stage 2, 40k warm-up).  Here an "epoch" is ``steps_per_epoch`` iterations (default:
+  one pass over the data), so ``--epochs 100 --steps-per-epoch 4000 --warmup-epochs 10`` reproduces the
+  paper's schedule whatever the data size.
+- **Out of memory**: lower ``--batch-size-per-gpu`` (and maybe ``--local-crops-number``), use
+  ``--precision bf16`` (or ``fp16`` on older GPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from hipt.errors import HIPTError, InputFileError
+from hipt.io import atomic_path, atomic_write_text
+from hipt.pretrain.augment import GridMultiCrop, PatchMultiCrop
+from hipt.pretrain.data import (
+    ArrayPatches,
+    FeatureGrids,
+    ImageFolderPatches,
+    SlidePatches,
+    StreamSampler,
+    collate_crops,
+    pairs_from_patch_dir,
+)
+from hipt.pretrain.head import DINOHead, MultiCropWrapper
+from hipt.pretrain.loss import DINOLoss, uniform_loss
+from hipt.pretrain.schedules import dino_schedules, scaled_lr
+
+CHECKPOINT_NAME = "checkpoint.pth"
+LOG_NAME = "log.jsonl"
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PretrainConfig:
+    """Every setting of a DINO run (flat: the fields are the chapters' papermill parameters).
+
+    Data (``data``): ``"phantom"`` (stage 1: ``n_phantom`` in-memory phantom patches of
+    ``patch_size`` px; stage 2: pass the grids to :func:`train` as ``dataset``), a folder of images, a
+    ``hipt patch`` output folder (stage 1, with ``slides`` = the slides' folder), or a folder of
+    ``hipt extract`` HDF5 files (stage 2, their ``feats256``).
+    """
+
+    stage: int = 1
+    preset: str = "cpu-tiny"
+    # -- data
+    data: str = "phantom"
+    slides: str | None = None
+    n_phantom: int = 2048
+    phantom_seed: int = 1000
+    patch_size: int = 128
+    target_mpp: float | None = None
+    # -- backbone
+    arch: str = "vit256_tiny"
+    input_embed_dim: int = 192
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    drop_path_rate: float = 0.1
+    init_weights: str | None = None
+    # -- head
+    out_dim: int = 4096
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    head_nlayers: int = 3
+    norm_last_layer: bool = True
+    use_bn_in_head: bool = False
+    # -- crops
+    global_crop_size: int = 96
+    local_crop_size: int = 48
+    local_crops_number: int = 8
+    global_crops_scale: tuple[float, float] = (0.4, 1.0)
+    local_crops_scale: tuple[float, float] = (0.05, 0.4)
+    normalization: str = "hipt"
+    grid_dropout: float = 0.0
+    # -- optimization
+    batch_size_per_gpu: int = 32
+    epochs: int = 4
+    steps_per_epoch: int | None = None
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    warmup_epochs: int = 1
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    momentum_teacher: float = 0.99
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    clip_grad: float = 3.0
+    clip_mode: str = "param"
+    freeze_last_layer: int = 1
+    precision: str = "fp32"
+    # -- run
+    out_dir: str = "data/runs/pretrain_stage1"
+    checkpoint_every: int = 100
+    log_every: int = 1
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+    resume: bool = True
+    max_steps: int | None = None
+    progress: bool = True
+
+    def replace(self, **changes: Any) -> PretrainConfig:
+        """A copy with some fields changed (unknown names are an error)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def ncrops(self) -> int:
+        return 2 + self.local_crops_number
+
+
+#: Presets: the CPU book's tiny runs and the reference hyper-parameters (§4 of the reference notes).
+PRESETS: dict[str, dict[int, dict[str, Any]]] = {
+    "cpu-tiny": {
+        1: dict(
+            arch="vit256_tiny", data="phantom", n_phantom=2048, patch_size=128, global_crop_size=96,
+            local_crop_size=48, out_dim=4096, batch_size_per_gpu=32, epochs=4, warmup_epochs=1,
+            momentum_teacher=0.99, normalization="hipt", drop_path_rate=0.1, checkpoint_every=100,
+            out_dir="data/runs/pretrain_stage1",
+        ),
+        2: dict(
+            arch="vit4k_tiny", input_embed_dim=192, data="phantom", global_crop_size=7, local_crop_size=3,
+            out_dim=4096, batch_size_per_gpu=32, epochs=30, warmup_epochs=3, momentum_teacher=0.99,
+            drop_path_rate=0.0, checkpoint_every=200, out_dir="data/runs/pretrain_stage2",
+        ),
+    },
+    "paper": {
+        1: dict(
+            arch="vit256_small", patch_size=256, global_crop_size=224, local_crop_size=96, out_dim=65536,
+            head_hidden_dim=2048, head_bottleneck_dim=256, batch_size_per_gpu=64, epochs=100,
+            steps_per_epoch=4000, warmup_epochs=10, lr=5e-4, min_lr=1e-6, momentum_teacher=0.996,
+            normalization="imagenet", drop_path_rate=0.1, precision="fp16", checkpoint_every=2000,
+            log_every=10, num_workers=10, out_dir="data/runs/pretrain_stage1_paper",
+        ),
+        2: dict(
+            arch="vit4k_xs", input_embed_dim=384, global_crop_size=14, local_crop_size=6, out_dim=65536,
+            batch_size_per_gpu=64, epochs=100, steps_per_epoch=2000, warmup_epochs=10, lr=5e-4, min_lr=1e-6,
+            momentum_teacher=0.996, drop_path_rate=0.1, precision="fp16", checkpoint_every=2000,
+            log_every=10, num_workers=4, out_dir="data/runs/pretrain_stage2_paper",
+        ),
+    },
+}
+
+
+def make_config(stage: int = 1, preset: str = "cpu-tiny", **overrides: Any) -> PretrainConfig:
+    """A :class:`PretrainConfig` from a preset (``"cpu-tiny"``/``"cpu"`` or ``"paper"``) and overrides."""
+    preset = {"cpu": "cpu-tiny"}.get(preset, preset)
+    if preset not in PRESETS:
+        raise HIPTError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if stage not in (1, 2):
+        raise HIPTError(f"stage must be 1 or 2, not {stage!r}")
+    values = {**PRESETS[preset][stage], **{k: v for k, v in overrides.items() if v is not None}}
+    return PretrainConfig(stage=stage, preset=preset, **values)
+
+
+def config_hash(config: PretrainConfig, ignore: tuple[str, ...] = ("out_dir", "progress", "num_workers", "resume", "device", "checkpoint_every")) -> str:
+    """A short hash of the settings that change the result (for cache folders)."""
+    d = {k: v for k, v in asdict(config).items() if k not in ignore}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+# ------------------------------------------------------------------------------------------------
+# models
+# ------------------------------------------------------------------------------------------------
+
+
+_ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
+    "vit256_small": ("ViT256", dict(embed_dim=384, depth=12, num_heads=6, patch_size=16)),
+    "vit256_tiny": ("ViT256", dict(embed_dim=192, depth=4, num_heads=3, patch_size=16)),
+    "vit4k_xs": ("ViT4K", dict(input_embed_dim=384, embed_dim=192, depth=6, num_heads=6)),
+    "vit4k_tiny": ("ViT4K", dict(input_embed_dim=192, embed_dim=192, depth=2, num_heads=3)),
+}
+
+
+def build_backbone(config: PretrainConfig, drop_path_rate: float | None = None) -> nn.Module:
+    """The ViT of the stage: ``vit256_small|vit256_tiny`` (stage 1) or ``vit4k_xs|vit4k_tiny`` (stage 2),
+    the sizes of :mod:`hipt.models`' factories, overridden by ``embed_dim``/``depth``/``num_heads`` (and
+    ``input_embed_dim`` for ViT4K) when set."""
+    from hipt import models
+
+    if config.arch not in _ARCHS:
+        raise HIPTError(f"unknown arch {config.arch!r}; choose one of {sorted(_ARCHS)}")
+    cls_name, kwargs = _ARCHS[config.arch]
+    kwargs = dict(kwargs)
+    if cls_name == "ViT4K":
+        kwargs["input_embed_dim"] = config.input_embed_dim
+    for name in ("embed_dim", "depth", "num_heads"):  # optional size overrides (tests, experiments)
+        if getattr(config, name) is not None:
+            kwargs[name] = getattr(config, name)
+    dpr = config.drop_path_rate if drop_path_rate is None else drop_path_rate
+    return getattr(models, cls_name)(drop_path_rate=dpr, **kwargs)
+
+
+def build_head(config: PretrainConfig, in_dim: int) -> DINOHead:
+    return DINOHead(
+        in_dim, config.out_dim, use_bn=config.use_bn_in_head, norm_last_layer=config.norm_last_layer,
+        nlayers=config.head_nlayers, hidden_dim=config.head_hidden_dim, bottleneck_dim=config.head_bottleneck_dim,
+    )
+
+
+def param_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """DINO's two groups: weights regularized; biases and every 1-D parameter (norms) not.
+
+    As in DINO, ``pos_embed`` and ``cls_token`` (3-D) *are* regularized.  Frozen parameters (the
+    weight-norm magnitude when ``norm_last_layer``) are left out.
+    """
+    regularized, not_regularized = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (not_regularized if name.endswith(".bias") or p.ndim == 1 else regularized).append(p)
+    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
+
+
+def clip_gradients(model: nn.Module, clip: float, mode: str = "param") -> None:
+    """Clip gradients to norm ``clip``: ``"param"`` = each parameter's gradient separately (DINO's
+    ``clip_gradients``, the reference's behaviour), ``"global"`` = all together
+    (``torch.nn.utils.clip_grad_norm_``)."""
+    if clip <= 0:
+        return
+    if mode == "global":
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip)
+        return
+    for p in model.parameters():
+        if p.grad is not None:
+            norm = p.grad.detach().norm(2)
+            coef = clip / (norm + 1e-6)
+            p.grad.mul_(torch.clamp(coef, max=1.0))
+
+
+def cancel_last_layer_gradients(model: nn.Module) -> None:
+    """``freeze_last_layer``: drop the prototypes' gradients (first epoch(s) of training)."""
+    for name, p in model.named_parameters():
+        if "last_layer" in name:
+            p.grad = None
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """``θ_t ← m·θ_t + (1 − m)·θ_s`` over matching parameters."""
+    t_params = [p for _, p in sorted(teacher.named_parameters())]
+    s_params = [p.detach() for _, p in sorted(student.named_parameters())]
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+# ------------------------------------------------------------------------------------------------
+
+
+def build_transform(config: PretrainConfig):
+    if config.stage == 1:
+        return PatchMultiCrop(
+            config.global_crop_size, config.local_crop_size, config.local_crops_number,
+            tuple(config.global_crops_scale), tuple(config.local_crops_scale), config.normalization,
+        )
+    return GridMultiCrop(config.global_crop_size, config.local_crop_size, config.local_crops_number, config.grid_dropout)
+
+
+def build_dataset(config: PretrainConfig):
+    """The dataset named by ``config.data`` (with the stage's multi-crop transform)."""
+    transform = build_transform(config)
+    data = config.data
+    if config.stage == 1:
+        if data == "phantom":
+            from hipt.phantom import phantom_patches
+
+            images, _ = phantom_patches(config.n_phantom, seed=config.phantom_seed, size=config.patch_size)
+            return ArrayPatches(images, transform)
+        path = Path(data)
+        if (path / "coords").is_dir():
+            if not config.slides:
+                raise InputFileError(path, "is a `hipt patch` folder: also pass the slides' folder (--slides)")
+            return SlidePatches(pairs_from_patch_dir(path, config.slides), config.patch_size, config.target_mpp,
+                                transform=transform)
+        return ImageFolderPatches(path, transform)
+    if data == "phantom":
+        raise HIPTError("stage 2 on phantom data: pass the feature grids as train(config, dataset=...) "
+                        "or use hipt.pretrain.pretrained(2), which extracts them")
+    return FeatureGrids(data, transform)
+
+
+# ------------------------------------------------------------------------------------------------
+# distributed helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def _dist_setup(device: str) -> tuple[int, int, bool]:
+    """(rank, world_size, created) — initializes the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    created = False
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend)
+        created = True
+    return dist.get_rank(), dist.get_world_size(), created
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    return device
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.random.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.random.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def _torch_load(path: Path) -> dict[str, Any]:
+    from hipt.models.weights import load_checkpoint
+
+    return load_checkpoint(path, verify=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# training
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the teacher backbone (eval mode), the log rows and the run folder."""
+
+    teacher: nn.Module
+    student: nn.Module
+    log: list[dict[str, Any]]
+    out_dir: Path
+    checkpoint: Path | None
+    schedules: dict[str, np.ndarray] = field(default_factory=dict)
+    config: PretrainConfig | None = None
+
+
+def train(config: PretrainConfig, dataset=None) -> TrainResult:
+    """Run (or resume) DINO pretraining for ``config.stage``; returns the trained teacher.
+
+    ``dataset``: optional map-style dataset whose ``__getitem__((index, seed))`` returns the list of
+    crops (e.g. ``FeatureGrids.from_array(feats, GridMultiCrop(...))``); by default built from
+    ``config.data``.  Under ``torchrun`` each process runs this function; only rank 0 writes files.
+    """
+    device = _resolve_device(config.device)
+    rank, world, created_pg = _dist_setup(device)
+    try:
+        return _train(config, dataset, device, rank, world)
+    finally:
+        if created_pg and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int) -> TrainResult:
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    out_dir = Path(config.out_dir)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+
+    if dataset is None:
+        dataset = build_dataset(config)
+    elif getattr(dataset, "transform", "unset") is None:
+        dataset.transform = build_transform(config)
+    global_batch = config.batch_size_per_gpu * world
+    steps_per_epoch = config.steps_per_epoch or max(1, len(dataset) // global_batch)
+    total_steps = config.epochs * steps_per_epoch
+
+    # -- models: student (with drop path) and teacher (without), same initial weights
+    student = MultiCropWrapper(build_backbone(config), None)  # head set below
+    in_dim = student.backbone.embed_dim
+    student.head = build_head(config, in_dim)
+    teacher = MultiCropWrapper(build_backbone(config, drop_path_rate=0.0), build_head(config, in_dim))
+    if config.init_weights:
+        _load_initial_weights(student, teacher, config.init_weights)
+    teacher.load_state_dict(student.state_dict())
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(config.seed + rank)  # per-rank randomness from here on (stochastic depth)
+    np.random.seed(config.seed + rank)
+    random.seed(config.seed + rank)
+    student.to(device)
+    teacher.to(device)
+    student_ddp: nn.Module = student
+    if world > 1:
+        student_ddp = nn.parallel.DistributedDataParallel(
+            student, device_ids=[torch.device(device).index] if device.startswith("cuda") else None
+        )
+
+    dino_loss = DINOLoss(
+        config.out_dim, config.ncrops, config.warmup_teacher_temp, config.teacher_temp,
+        config.warmup_teacher_temp_epochs, config.epochs, config.student_temp, config.center_momentum,
+    ).to(device)
+    optimizer = torch.optim.AdamW(param_groups(student))
+    use_fp16 = config.precision == "fp16" and device.startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda") if use_fp16 else None
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+    if config.precision == "fp16" and not use_fp16:
+        amp_dtype = torch.bfloat16  # fp16 autocast needs a GPU; bf16 is the CPU's half precision
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+
+    schedules = dino_schedules(
+        lr=scaled_lr(config.lr, global_batch), min_lr=config.min_lr, weight_decay=config.weight_decay,
+        weight_decay_end=config.weight_decay_end, momentum_teacher=config.momentum_teacher,
+        epochs=config.epochs, steps_per_epoch=steps_per_epoch, warmup_epochs=config.warmup_epochs,
+    )
+
+    # -- resume
+    start_step = 0
+    log: list[dict[str, Any]] = []
+    if config.resume and ckpt_path.is_file():
+        ckpt = _torch_load(ckpt_path)
+        student.load_state_dict(_strip(ckpt["student"], "module."))
+        teacher.load_state_dict(ckpt["teacher"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        dino_loss.load_state_dict(ckpt["dino_loss"])
+        if scaler is not None and ckpt.get("fp16_scaler"):
+            scaler.load_state_dict(ckpt["fp16_scaler"])
+        start_step = int(ckpt["step"])
+        rng = ckpt.get("rng") or {}
+        if rank < len(rng.get("per_rank", [])):
+            _set_rng_state(rng["per_rank"][rank])
+        log = _read_log(out_dir / LOG_NAME, start_step)
+
+    stop_step = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
+    sampler = StreamSampler(len(dataset), global_batch, seed=config.seed, rank=rank, world_size=world,
+                            start_step=start_step, total_steps=stop_step)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=config.batch_size_per_gpu, sampler=sampler, num_workers=config.num_workers,
+        collate_fn=collate_crops, pin_memory=device_type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed),  # keeps the global RNG untouched
+        persistent_workers=False, prefetch_factor=4 if config.num_workers > 0 else None,
+    )
+
+    show = config.progress and rank == 0
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=stop_step, initial=start_step, desc=f"DINO stage {config.stage}", unit="step",
+                   dynamic_ncols=True)
+        if start_step == 0:
+            bar.write(f"uniform-output loss ln(out_dim) = {uniform_loss(config.out_dim):.3f}; "
+                      f"{total_steps} steps ({config.epochs} epochs × {steps_per_epoch}), global batch {global_batch}")
+
+    student.train()
+    teacher.train()
+    step = start_step
+    t0 = time.time()
+    for crops in loader:
+        epoch = step // steps_per_epoch
+        for i, group in enumerate(optimizer.param_groups):
+            group["lr"] = float(schedules["lr"][step])
+            if i == 0:
+                group["weight_decay"] = float(schedules["wd"][step])
+        crops = [c.to(device, non_blocking=True) for c in crops]
+        with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            with torch.no_grad():
+                teacher_out = teacher(crops[:2])
+            student_out = student_ddp(crops)
+            loss = dino_loss(student_out, teacher_out, epoch)
+        if not math.isfinite(loss.item()):
+            raise HIPTError(f"{out_dir}: loss is {loss.item()} at step {step}; stopping "
+                            "(lower --lr, raise --warmup-epochs, or use --precision fp32)")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        clip_gradients(student, config.clip_grad, config.clip_mode)
+        if epoch < config.freeze_last_layer:
+            cancel_last_layer_gradients(student)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        ema_update(teacher, student, float(schedules["momentum"][step]))
+
+        loss_value = loss.detach()
+        if world > 1:
+            dist.all_reduce(loss_value)
+            loss_value = loss_value / world
+        step += 1
+        if step % config.log_every == 0 or step == stop_step:
+            log.append({
+                "step": step, "epoch": epoch, "loss": float(loss_value), "lr": float(schedules["lr"][step - 1]),
+                "wd": float(schedules["wd"][step - 1]), "momentum": float(schedules["momentum"][step - 1]),
+                "teacher_temp": dino_loss.teacher_temp(epoch), "time": round(time.time() - t0, 3),
+            })
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss_value):.3f}", epoch=epoch)
+        if step % config.checkpoint_every == 0 or step == stop_step:
+            _save_checkpoint(ckpt_path, config, student, teacher, optimizer, dino_loss, scaler, step, epoch,
+                             log, rank, world)
+    if bar is not None:
+        bar.close()
+
+    teacher_backbone = teacher.backbone.eval()
+    return TrainResult(teacher_backbone, student.backbone, log, out_dir, ckpt_path if ckpt_path.is_file() else None,
+                       schedules, config)
+
+
+def _strip(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in sd.items()}
+
+
+def _load_initial_weights(student: MultiCropWrapper, teacher: MultiCropWrapper, weights: str) -> None:
+    """Continued pretraining: backbones (and heads, where their shapes match) from a checkpoint."""
+    from hipt.models.weights import load_backbone, load_checkpoint
+
+    ckpt = load_checkpoint(weights)
+    load_backbone(student.backbone, ckpt, key="student" if "student" in ckpt else "teacher")
+    src = ckpt.get("student", ckpt.get("teacher", {}))
+    head = {k.removeprefix("module.").removeprefix("head."): v for k, v in src.items()
+            if k.removeprefix("module.").startswith("head.")}
+    own = student.head.state_dict()
+    if head and all(k in head and head[k].shape == v.shape for k, v in own.items()):
+        student.head.load_state_dict(head)
+
+
+def _save_checkpoint(path: Path, config, student, teacher, optimizer, dino_loss, scaler, step, epoch, log,
+                     rank: int, world: int) -> None:
+    """Atomic checkpoint in the released DINO format, plus what exact resumption needs."""
+    rng = _rng_state()
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, rng)
+        per_rank = gathered
+    else:
+        per_rank = [rng]
+    if rank == 0:
+        ckpt = {
+            "student": {f"module.{k}": v for k, v in student.state_dict().items()},
+            "teacher": teacher.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch + 1,
+            "step": step,
+            "args": argparse.Namespace(**asdict(config)),
+            "dino_loss": dino_loss.state_dict(),
+            "rng": {"per_rank": per_rank},
+            "hipt": {"config": dict(teacher.backbone.config), "stage": config.stage,
+                     "normalization": config.normalization, "pretrain_config": json.dumps(asdict(config))},
+        }
+        if scaler is not None:
+            ckpt["fp16_scaler"] = scaler.state_dict()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(ckpt, tmp)
+        atomic_write_text(path.parent / LOG_NAME, "".join(json.dumps(r) + "\n" for r in log))
+    if world > 1:
+        dist.barrier()
+
+
+def _read_log(path: Path, upto_step: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= upto_step]
+
+
+def read_log(run_dir: str | Path):
+    """The run's log as a pandas DataFrame (one row per logged step)."""
+    import pandas as pd
+
+    return pd.DataFrame(_read_log(Path(run_dir) / LOG_NAME, sys.maxsize))
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+
+_HELP = {
+    "stage": "1: ViT256-16 on patches; 2: ViT4096-256 on feature grids",
+    "preset": "base settings: cpu-tiny (CPU, minutes) or paper (the reference hyper-parameters)",
+    "data": "phantom | folder of images | `hipt patch` output folder (stage 1, with --slides) | folder of `hipt extract` .h5 (stage 2)",
+    "out_dim": "prototypes K (65536 in the paper); a loss stuck at ln(K) means collapse to uniform",
+    "teacher_temp": "teacher temperature after warm-up (0.04; raise up to 0.07 only with warm-up)",
+    "lr": "base LR, scaled by global_batch/256",
+    "momentum_teacher": "teacher EMA momentum, cosine to 1 (0.996 for long runs, 0.99 for short)",
+    "epochs": "epochs of steps_per_epoch steps each",
+    "steps_per_epoch": "steps per epoch (default: one pass over the data)",
+    "max_steps": "stop after this step (the schedules still span all epochs): for interrupted runs",
+    "clip_mode": "param: clip each parameter's gradient (DINO); global: clip the total norm",
+    "precision": "fp32 | bf16 (autocast, CPU or GPU) | fp16 (GPU, with a GradScaler)",
+    "normalization": "hipt (0.5/0.5, what inference uses) | imagenet (what the reference's stage 1 used)",
+    "embed_dim": "override the arch's width (with --depth/--num-heads: custom sizes)",
+    "init_weights": "start from a released-format checkpoint (continued pretraining)",
+    "resume": "resume from <out_dir>/checkpoint.pth when present",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options: ``--stage``, ``--preset`` and one per :class:`PretrainConfig` field (default: the preset's)."""
+    parser.description = (__doc__ or "").split("\n\n")[0]
+    parser.epilog = "Tuning advice:\n" + (__doc__ or "").split("----------------------------------------------------\n", 1)[-1]
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--stage", type=int, choices=(1, 2), default=1, help=_HELP["stage"])
+    parser.add_argument("--preset", default="cpu-tiny", choices=sorted(PRESETS) + ["cpu"], help=_HELP["preset"])
+    for f in fields(PretrainConfig):
+        if f.name in ("stage", "preset"):
+            continue
+        opt = "--" + f.name.replace("_", "-")
+        help_ = _HELP.get(f.name, "") + " (default: the preset's)"
+        if f.type in ("bool", bool):
+            parser.add_argument(opt, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif str(f.type).startswith("tuple"):
+            parser.add_argument(opt, type=float, nargs=2, default=None, metavar=("MIN", "MAX"), help=help_)
+        else:
+            parser.add_argument(opt, type=_field_type(f), default=None, help=help_)
+
+
+def _field_type(f: dataclasses.Field):
+    t = str(f.type)
+    if t.startswith("int"):
+        return int
+    if t.startswith("float"):
+        return float
+    return str
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(PretrainConfig) if f.name not in ("stage", "preset")}
+    config = make_config(args.stage, args.preset, **overrides)
+    result = train(config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        last = result.log[-1] if result.log else {}
+        print(f"stage {config.stage}: {len(result.log)} log rows, last loss {last.get('loss', float('nan')):.4f}; "
+              f"checkpoint {result.checkpoint}")
+    return 0

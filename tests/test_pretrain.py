@@ -1,0 +1,312 @@
+"""DINO components: loss, schedules, head, optimizer groups, augmentations, sampler and datasets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hipt.pretrain import (
+    DINOHead,
+    DINOLoss,
+    FeatureGrids,
+    GridMultiCrop,
+    MultiCropWrapper,
+    PatchMultiCrop,
+    StreamSampler,
+    cosine_schedule,
+    dino_schedules,
+    grid_crop_sizes,
+    scaled_lr,
+    teacher_temp_schedule,
+    tokens_to_grid,
+)
+from hipt.pretrain.data import ArrayPatches, ImageFolderPatches, collate_crops
+from hipt.pretrain.evaluate import knn_accuracy
+from hipt.pretrain.trainer import clip_gradients, ema_update, param_groups
+
+# ---------------------------------------------------------------------------------------- loss
+
+
+def _direct_dino_loss(s, t, center, ncrops, tt, ts=0.1):
+    """Plain re-computation: mean over cross-view pairs of the batch-mean cross-entropy."""
+    b = t.shape[0] // 2
+    terms = []
+    for i in range(2):
+        p_t = torch.softmax((t[i * b:(i + 1) * b] - center) / tt, dim=-1)
+        for j in range(ncrops):
+            if j == i:
+                continue
+            logp_s = torch.log_softmax(s[j * b:(j + 1) * b] / ts, dim=-1)
+            terms.append((-(p_t * logp_s).sum(-1)).mean())
+    return torch.stack(terms).mean()
+
+
+def test_dino_loss_equals_direct_computation_and_updates_center():
+    torch.manual_seed(0)
+    k, ncrops, b = 16, 5, 3
+    loss_fn = DINOLoss(k, ncrops, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=3, nepochs=10)
+    center = torch.zeros(1, k)
+    for epoch in range(5):
+        s = torch.randn(ncrops * b, k, requires_grad=True)
+        t = torch.randn(2 * b, k)
+        tt = [0.04, 0.055, 0.07, 0.07, 0.07][epoch]
+        assert loss_fn.teacher_temp(epoch) == pytest.approx(tt)
+        expected = _direct_dino_loss(s, t, center, ncrops, tt)
+        got = loss_fn(s, t, epoch)
+        assert torch.allclose(got, expected, atol=1e-6), (epoch, got, expected)
+        center = 0.9 * center + 0.1 * t.mean(0, keepdim=True)
+        assert torch.allclose(loss_fn.center, center, atol=1e-7)
+        got.backward()  # the student gets gradients, the teacher is detached
+        assert s.grad is not None
+
+
+def test_dino_loss_number_of_pairs_and_detached_teacher():
+    k, b = 8, 2
+    loss_fn = DINOLoss(k, 4, 0.04, 0.04, 0, 1)
+    s = torch.zeros(4 * b, k, requires_grad=True)
+    t = torch.randn(2 * b, k, requires_grad=True)
+    loss = loss_fn(s, t, 0)
+    assert loss.item() == pytest.approx(math.log(k), rel=1e-6)  # uniform student → ln K
+    loss.backward()
+    assert t.grad is None
+
+
+# ----------------------------------------------------------------------------------- schedules
+
+
+def test_cosine_schedule_lengths_and_end_points():
+    s = cosine_schedule(1.0, 0.1, total_iters=100, warmup_iters=10, start_warmup_value=0.0)
+    assert s.shape == (100,)
+    assert s[0] == 0.0 and s[9] == pytest.approx(1.0) and s[10] == pytest.approx(1.0)
+    assert np.all(np.diff(s[:10]) > 0) and np.all(np.diff(s[10:]) < 0)
+    assert s[-1] == pytest.approx(0.1, abs=(1.0 - 0.1) * (math.pi / 90) ** 2 / 4 + 1e-12)
+    assert len(cosine_schedule(1, 0, 0)) == 0
+
+
+def test_dino_schedules_and_teacher_temperature():
+    sch = dino_schedules(lr=scaled_lr(5e-4, 512), min_lr=1e-6, weight_decay=0.04, weight_decay_end=0.4,
+                         momentum_teacher=0.996, epochs=10, steps_per_epoch=7, warmup_epochs=2)
+    assert {k: len(v) for k, v in sch.items()} == {"lr": 70, "wd": 70, "momentum": 70}
+    assert sch["lr"].max() == pytest.approx(1e-3)  # 5e-4 × 512/256
+    assert sch["lr"][13] == pytest.approx(1e-3) and sch["lr"][-1] < 1e-5
+    assert sch["wd"][0] == pytest.approx(0.04) and sch["wd"][-1] == pytest.approx(0.4, abs=1e-3)
+    assert sch["momentum"][0] == pytest.approx(0.996) and sch["momentum"][-1] == pytest.approx(1.0, abs=1e-5)
+    tt = teacher_temp_schedule(0.04, 0.07, 3, 10)
+    assert len(tt) == 10 and tt[0] == 0.04 and tt[2] == pytest.approx(0.07) and np.all(tt[2:] == 0.07)
+
+
+# ---------------------------------------------------------------------------------------- head
+
+
+def test_dino_head_shapes_norm_and_reference_keys():
+    head = DINOHead(24, out_dim=50, hidden_dim=32, bottleneck_dim=16)
+    x = torch.randn(5, 24)
+    assert head(x).shape == (5, 50)
+    sd = head.state_dict()
+    assert set(sd) == {"mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "mlp.4.weight", "mlp.4.bias",
+                       "last_layer.weight_g", "last_layer.weight_v"}
+    assert sd["last_layer.weight_g"].shape == (50, 1) and torch.all(sd["last_layer.weight_g"] == 1)
+    trainable = {n for n, p in head.named_parameters() if p.requires_grad}
+    assert not any(n.endswith("original0") for n in trainable)  # g frozen when norm_last_layer
+    # forward = normalized prototypes · L2-normalized bottleneck
+    z = F.normalize(head.mlp(x), dim=-1)
+    w = sd["last_layer.weight_v"] / sd["last_layer.weight_v"].norm(dim=1, keepdim=True)
+    assert torch.allclose(head(x), z @ w.T, atol=1e-6)
+    assert DINOHead(24, 50, norm_last_layer=False, hidden_dim=32, bottleneck_dim=16).last_layer.parametrizations.weight.original0.requires_grad
+
+
+def test_dino_head_loads_deprecated_weight_norm_state_dict():
+    """A head saved with the reference's ``torch.nn.utils.weight_norm`` loads and gives the same output."""
+    torch.manual_seed(1)
+    ref_mlp = torch.nn.Sequential(torch.nn.Linear(12, 20), torch.nn.GELU(), torch.nn.Linear(20, 20), torch.nn.GELU(),
+                                  torch.nn.Linear(20, 8))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref_last = torch.nn.utils.weight_norm(torch.nn.Linear(8, 30, bias=False))
+    ref_last.weight_g.data.uniform_(0.5, 2.0)
+    ref_sd = {f"mlp.{k}": v for k, v in ref_mlp.state_dict().items()}
+    ref_sd |= {f"last_layer.{k}": v for k, v in ref_last.state_dict().items()}
+    assert {"last_layer.weight_g", "last_layer.weight_v"} <= set(ref_sd)
+    head = DINOHead(12, 30, hidden_dim=20, bottleneck_dim=8, norm_last_layer=False)
+    head.load_state_dict(ref_sd, strict=True)
+    x = torch.randn(4, 12)
+    expected = ref_last(F.normalize(ref_mlp(x), dim=-1))
+    assert torch.allclose(head(x), expected, atol=1e-6)
+
+
+def test_multicrop_wrapper_groups_by_resolution():
+    class Backbone(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+            self.lin = torch.nn.Linear(3, 4)
+
+        def forward(self, x):
+            self.calls.append(tuple(x.shape))
+            return self.lin(x.mean((2, 3)))
+
+    bb = Backbone()
+    wrapper = MultiCropWrapper(bb, torch.nn.Identity())
+    crops = [torch.randn(2, 3, 8, 8)] * 2 + [torch.randn(2, 3, 4, 4)] * 3
+    out = wrapper(crops)
+    assert out.shape == (10, 4) and bb.calls == [(4, 3, 8, 8), (6, 3, 4, 4)]
+    assert torch.allclose(out[4:6], bb.lin(crops[2].mean((2, 3))))
+
+
+# ------------------------------------------------------------------------------ optimization
+
+
+def test_param_groups_follow_dino():
+    from hipt.models import vit256_tiny
+
+    model = MultiCropWrapper(vit256_tiny(embed_dim=32, depth=1, num_heads=2), DINOHead(32, 16, hidden_dim=8, bottleneck_dim=4))
+    reg, noreg = param_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    reg_names = {names[id(p)] for p in reg["params"]}
+    noreg_names = {names[id(p)] for p in noreg["params"]}
+    assert noreg["weight_decay"] == 0.0
+    assert "backbone.pos_embed" in reg_names and "backbone.cls_token" in reg_names  # ndim 3: regularized (DINO)
+    assert all(n.endswith(".bias") or "norm" in n for n in noreg_names)
+    assert not any("original0" in n for n in reg_names | noreg_names)  # frozen g left out
+    assert "head.last_layer.parametrizations.weight.original1" in reg_names
+
+
+def test_clip_gradients_per_parameter_and_global():
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))
+    m = torch.nn.ParameterList([a, b])
+    a.grad, b.grad = torch.full((3,), 10.0), torch.full((4,), 0.1)
+    clip_gradients(m, 3.0, "param")
+    assert a.grad.norm() == pytest.approx(3.0, rel=1e-4) and torch.allclose(b.grad, torch.full((4,), 0.1))
+    a.grad, b.grad = torch.full((3,), 10.0), torch.full((4,), 0.1)
+    clip_gradients(m, 3.0, "global")
+    assert torch.cat([a.grad, b.grad]).norm() == pytest.approx(3.0, rel=1e-4)
+
+
+def test_ema_update():
+    t, s = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    before = t.weight.detach().clone()
+    ema_update(t, s, 0.9)
+    assert torch.allclose(t.weight, 0.9 * before + 0.1 * s.weight)
+
+
+# ------------------------------------------------------------------------------ augmentations
+
+
+def test_patch_multicrop_shapes_and_determinism():
+    aug = PatchMultiCrop(global_size=32, local_size=16, n_local=3, normalization="imagenet")
+    img = np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    state = torch.random.get_rng_state()
+    a, b, c = aug(img, seed=7), aug(img, seed=7), aug(img, seed=8)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is left untouched
+    assert [tuple(x.shape) for x in a] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    assert aug.ncrops == 5 and a[0].dtype == torch.float32
+
+
+def test_grid_multicrop_crops_are_subgrids():
+    assert grid_crop_sizes(16) == (14, 6) and grid_crop_sizes(8) == (7, 3)
+    d, h, w = 5, 8, 8
+    grid = torch.arange(d * h * w, dtype=torch.float32).reshape(d, h, w)
+    crops = GridMultiCrop(7, 3, n_local=4)(grid, seed=3)
+    assert [tuple(c.shape) for c in crops] == [(d, 7, 7)] * 2 + [(d, 3, 3)] * 4
+    windows = {(t, l, f) for t in range(h) for l in range(w) for f in (0, 1)}
+    for c in crops:
+        s = c.shape[-1]
+        assert any(
+            t + s <= h and l + s <= w and torch.equal(c, grid[:, t:t + s, l:l + s].flip(-1) if f else grid[:, t:t + s, l:l + s])
+            for t, l, f in windows
+        )
+    flips = {bool(torch.equal(c[:, :, 0] - c[:, :, 1], torch.ones_like(c[:, :, 0]))) for c in GridMultiCrop(7, 3, 16)(grid, seed=1)}
+    assert flips == {True, False}  # both flipped and unflipped crops occur
+    assert all(torch.equal(x, y) for x, y in zip(GridMultiCrop(7, 3)(grid, seed=5), GridMultiCrop(7, 3)(grid, seed=5)))
+
+
+def test_grid_dropout_option():
+    crops = GridMultiCrop(4, 2, n_local=1, dropout=0.5)(torch.ones(64, 4, 4), seed=0)
+    values = torch.cat([c.flatten() for c in crops]).unique()
+    assert set(values.tolist()) == {0.0, 2.0}
+
+
+def test_tokens_to_grid_is_row_major():
+    tokens = torch.arange(12, dtype=torch.float32).reshape(6, 2)  # 6 tokens of D=2 in a 2×3 grid
+    g = tokens_to_grid(tokens, (2, 3))
+    assert g.shape == (2, 2, 3) and g[:, 1, 0].tolist() == tokens[3].tolist()
+    with pytest.raises(ValueError):
+        tokens_to_grid(tokens)
+
+
+# ---------------------------------------------------------------------------- sampler, data
+
+
+def test_stream_sampler_shards_and_resumes():
+    single = list(StreamSampler(10, global_batch=4, seed=3, total_steps=6))
+    r0 = list(StreamSampler(10, global_batch=4, seed=3, rank=0, world_size=2, total_steps=6))
+    r1 = list(StreamSampler(10, global_batch=4, seed=3, rank=1, world_size=2, total_steps=6))
+    assert len(single) == 24 and len(r0) == len(r1) == 12
+    for step in range(6):  # per step, rank 0's share then rank 1's = the single-process batch
+        assert r0[2 * step:2 * step + 2] + r1[2 * step:2 * step + 2] == single[4 * step:4 * step + 4]
+    assert list(StreamSampler(10, 4, seed=3, start_step=2, total_steps=6)) == single[8:]
+    assert sorted(i for i, _ in single[:10]) == list(range(10))  # each pass is a permutation
+    assert len({s for _, s in single}) == 24  # one augmentation seed per stream position
+    assert single != list(StreamSampler(10, 4, seed=4, total_steps=6))
+
+
+def test_array_and_folder_datasets(tmp_path):
+    from PIL import Image
+
+    imgs = np.random.default_rng(0).integers(0, 255, (3, 40, 40, 3), dtype=np.uint8)
+    for i, im in enumerate(imgs):
+        (tmp_path / f"c{i % 2}").mkdir(exist_ok=True)
+        Image.fromarray(im).save(tmp_path / f"c{i % 2}" / f"{i}.png")
+    aug = PatchMultiCrop(32, 16, 2)
+    folder = ImageFolderPatches(tmp_path, aug)
+    assert len(folder) == 3 and np.array_equal(folder.load(0), imgs[0])
+    arr = ArrayPatches(imgs, aug)
+    batch = collate_crops([arr[(i, 100 + i)] for i in range(3)])
+    assert [tuple(b.shape) for b in batch] == [(3, 3, 32, 32)] * 2 + [(3, 3, 16, 16)] * 2
+    assert all(torch.equal(x, y) for x, y in zip(arr[(2, 5)], folder[(1, 5)]))  # c0/0, c0/2, c1/1
+
+
+def test_feature_grids_from_h5_read_one_region(tmp_path):
+    import h5py
+
+    feats = np.random.default_rng(0).standard_normal((3, 16, 6)).astype(np.float16)
+    for name in ("a", "b"):
+        with h5py.File(tmp_path / f"{name}.h5", "w") as f:
+            f["feats256"] = feats
+            f["coords"] = np.zeros((3, 2), np.int64)
+    ds = FeatureGrids(tmp_path, GridMultiCrop(3, 2, 2))
+    assert len(ds) == 6
+    grid = ds.load(4)
+    assert grid.shape == (6, 4, 4)
+    assert torch.allclose(grid, tokens_to_grid(torch.from_numpy(feats[1].astype(np.float32))))
+    assert [tuple(c.shape) for c in ds[(4, 0)]] == [(6, 3, 3)] * 2 + [(6, 2, 2)] * 2
+    import pickle
+
+    assert pickle.loads(pickle.dumps(ds)).load(0).shape == (6, 4, 4)  # picklable for workers after reading
+
+
+def test_feature_grids_bad_input(tmp_path):
+    from hipt.errors import InputFileError
+
+    with pytest.raises(InputFileError, match="no .h5"):
+        FeatureGrids(tmp_path)
+    (tmp_path / "x.h5").write_bytes(b"not hdf5")
+    with pytest.raises(InputFileError, match="x.h5"):
+        FeatureGrids(tmp_path)
+
+
+def test_knn_accuracy():
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((3, 8)) * 5
+    y_tr, y_te = rng.integers(0, 3, 60), rng.integers(0, 3, 30)
+    x_tr = centers[y_tr] + rng.standard_normal((60, 8))
+    x_te = centers[y_te] + rng.standard_normal((30, 8))
+    assert knn_accuracy(x_tr, y_tr, x_te, y_te, k=5) > 0.9
