@@ -330,7 +330,7 @@ def _render_lymphocytes(size: int, rng: np.random.Generator):
 
 def _render_adipose(size: int, rng: np.random.Generator):
     """Adipocytes: empty Voronoi polygons (~60 µm) with thin pink membranes, rare flat nuclei."""
-    spacing = rng.uniform(105, 135)
+    spacing = rng.uniform(95, 125)
     seeds = _hex_points(rng, size, spacing, 0.25, margin=spacing * 1.2)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     warp = 7.0
@@ -342,7 +342,7 @@ def _render_adipose(size: int, rng: np.random.Generator):
     border[:-1] |= cell_id[:-1] != cell_id[1:]
     border[:, :-1] |= cell_id[:, :-1] != cell_id[:, 1:]
     border = ndi.binary_dilation(border, iterations=1)
-    e = 0.006 + 0.5 * border * (1 + 0.25 * _smooth_noise(rng, (size, size), 3))
+    e = 0.012 + 0.6 * border * (1 + 0.25 * _smooth_noise(rng, (size, size), 3))
     h = 0.04 * border
     h = h.astype(np.float32)
     e = np.clip(e, 0, None).astype(np.float32)
@@ -571,6 +571,12 @@ def load_truth(slide_path: str | Path) -> PhantomTruth:
         raise InputFileError(tp, f"not a phantom ground-truth file ({e})") from None
 
 
+def _unblock(g: np.ndarray) -> np.ndarray:
+    """Cells [nr, nc, s, s, ...] → one canvas [nr·s, nc·s, ...]."""
+    nr, nc, s = g.shape[0], g.shape[1], g.shape[2]
+    return np.moveaxis(g, 2, 1).reshape(nr * s, nc * s, *g.shape[4:])
+
+
 class _Composer:
     """Composes any window of any pyramid level of a phantom slide from its texture bank."""
 
@@ -580,15 +586,8 @@ class _Composer:
         self.rows, self.cols = truth.layout.shape
         levels = np.arange(256, dtype=np.float64) / 255.0
         self.lut = [np.clip(255.0 * levels ** float(k) + 0.5, 0, 255).astype(np.uint8) for k in truth.stain]
-        self._rgb0: np.ndarray | None = None
         self._cell_tiles: dict[tuple[int, int, int], np.ndarray] = {}
-
-    @property
-    def rgb0(self) -> np.ndarray:
-        """The bank's level-0 tiles with this slide's stain jitter applied [T, V, cell, cell, 3] uint8."""
-        if self._rgb0 is None:
-            self._rgb0 = self._jitter(self.bank.rgb)
-        return self._rgb0
+        self._level_tables: dict[int, np.ndarray] = {}
 
     def _jitter(self, rgb: np.ndarray) -> np.ndarray:
         """Apply the slide's stain jitter (a per-channel power law, i.e. scaled optical density) to uint8 RGB."""
@@ -609,6 +608,18 @@ class _Composer:
             tile = self._jitter(np.ascontiguousarray(_dihedral(self.bank.rgb[code, var], xf)))
             self._cell_tiles[key] = tile
         return tile
+
+    def level_table(self, d: int) -> np.ndarray:
+        """Every bank tile block-averaged by ``d`` > 1, jittered, in all 8 transforms: [T, V, 8, s, s, 3] uint8.
+
+        Small (``s = cell/d`` ≤ 128 px), so each level's tiles are one vectorized gather from it.
+        """
+        table = self._level_tables.get(d)
+        if table is None:
+            base = self._jitter(np.clip(self.bank.level(d) + 0.5, 0, 255).astype(np.uint8))
+            table = np.stack([_dihedral(base, t, (2, 3)) for t in range(8)], 2)
+            self._level_tables[d] = table
+        return table
 
     def _cells(self, r0: int, c0: int, nr: int, nc: int):
         """Codes, variants, transforms of a cell window (background beyond the layout) [nr, nc]."""
@@ -631,9 +642,7 @@ class _Composer:
             if t:
                 sel = xf == t
                 g[sel] = _dihedral(g[sel], int(t), (1, 2))
-        nr, nc, s = g.shape[0], g.shape[1], g.shape[2]
-        g = np.moveaxis(g, 2, 1)  # [nr, s, nc, s, ...]
-        return g.reshape(nr * s, nc * s, *g.shape[4:])
+        return _unblock(g)
 
     def window_rgb(self, x: int, y: int, w: int, h: int, d: int = 1) -> np.ndarray:
         """RGB uint8 [h, w, 3] of the window at level pixels ``(x, y)`` of downsample ``d`` (power of 2)."""
@@ -647,20 +656,16 @@ class _Composer:
         if d == 1:
             if code.shape == (1, 1) and (ox, oy, w, h) == (0, 0, cell, cell):  # the common case: one cell
                 return self.cell_tile(int(code[0, 0]), int(var[0, 0]), int(xf[0, 0]))
-            canvas = self._gather(self.rgb0, code, var, xf)[oy:oy + h, ox:ox + w]
-            out = np.full((h, w, 3), 255, np.uint8)
-            out[:canvas.shape[0], :canvas.shape[1]] = canvas
-            return out
-        canvas = self._gather(self.bank.level(d), code, var, xf)[oy:oy + h * r, ox:ox + w * r]
-        if r > 1:
-            hh, ww = canvas.shape[0] // r, canvas.shape[1] // r
-            canvas = canvas[:hh * r, :ww * r].reshape(hh, r, ww, r, 3).mean((1, 3))
-        canvas = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
-        out = np.full((h, w, 3), 255, np.uint8)
-        hh, ww = canvas.shape[:2]
-        for c in range(3):  # per-slide stain jitter: a per-channel power law (scales optical density)
-            out[:hh, :ww, c] = self.lut[c][canvas[..., c]]
-        return out
+            canvas = np.empty((code.shape[0] * cell, code.shape[1] * cell, 3), np.uint8)
+            for i, j in np.ndindex(code.shape):
+                canvas[i * cell:(i + 1) * cell, j * cell:(j + 1) * cell] = self.cell_tile(
+                    int(code[i, j]), int(var[i, j]), int(xf[i, j]))
+            return np.ascontiguousarray(canvas[oy:oy + h, ox:ox + w])
+        canvas = _unblock(self.level_table(d)[code, var, xf])[oy:oy + h * r, ox:ox + w * r]
+        if r > 1:  # cells smaller than a pixel: average r×r cells per pixel
+            canvas = canvas.reshape(h, r, w, r, 3).mean((1, 3))
+            canvas = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(canvas)
 
     def window_nuclei(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         cell = self.t.cell
@@ -967,7 +972,9 @@ def composition_region(grid: int, fractions: Sequence[float], rng: np.random.Gen
 def random_layout(rows: int, cols: int, seed: int = 0, tissue_fraction: float = 0.55) -> np.ndarray:
     """A free-form slide layout [rows, cols]: one tissue piece (noisy ellipse) on glass, types in patches.
 
-    Used by ``hipt phantom slide`` and by :func:`make_slide` when no layout is given.
+    Used by ``hipt phantom slide`` and by :func:`make_slide` when no layout is given.  Adipose is kept
+    rare (~8 % of the seeds): like real fat it is nearly white at low magnification, so saturation-based
+    tissue segmentation tends to miss it.
     """
     rng = _rng(seed, 0x1A70)
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
@@ -979,7 +986,7 @@ def random_layout(rows: int, cols: int, seed: int = 0, tissue_fraction: float = 
     # tissue types: nearest of a few random seeds (contiguous areas), weighted towards stroma
     n_seeds = max(4, int(rows * cols / 40))
     sy, sx = rng.uniform(0, rows, n_seeds), rng.uniform(0, cols, n_seeds)
-    seed_type = rng.choice([TUMOUR, STROMA, LYMPHOCYTES, ADIPOSE], n_seeds, p=[0.3, 0.4, 0.15, 0.15])
+    seed_type = rng.choice([TUMOUR, STROMA, LYMPHOCYTES, ADIPOSE], n_seeds, p=[0.32, 0.42, 0.18, 0.08])
     d = (yy[None] + 0.5 - sy[:, None, None]) ** 2 + (xx[None] + 0.5 - sx[:, None, None]) ** 2
     layout = seed_type[np.argmin(d, 0)].astype(np.int8)
     layout[~tissue] = BACKGROUND
@@ -1243,7 +1250,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mpp", type=float, default=MPP, help="µm per pixel written into the file")
     g = parser.add_argument_group("cohort")
     g.add_argument("--kind", choices=COHORT_KINDS, default="context", help="cohort kind")
-    g.add_argument("--out", dest="out_dir", help="cohort folder (default: the cache)")
+    g.add_argument("--out", dest="out_dir", help="cohort folder; None: a folder under the cache (data/cache/phantom/)")
     g.add_argument("--n-slides", type=int, default=32)
     g.add_argument("--regions-per-slide", type=int, default=4)
     g.add_argument("--region-size", type=int, default=2048, help="region side in px (4096 as in the paper)")

@@ -138,7 +138,8 @@ def test_tile_composition_memory_is_bounded():
     truth = P.PhantomTruth(layout=layout, seed=0, bank_seed=0, n_variants=2,
                            variant=rng.integers(0, 2, layout.shape), transform=rng.integers(0, 8, layout.shape))
     comp = P._Composer(truth)
-    _ = comp.rgb0, comp.bank.level(4), comp.bank.level(16), comp.bank.level(64)  # per-bank, not per-slide
+    for d in (4, 16, 64):  # per-bank tables: [T, V, 8, cell/d, cell/d, 3], not per slide
+        comp.level_table(d)
     tracemalloc.start()
     for d in (1, 4, 16, 64):
         for k in range(4):
