@@ -591,9 +591,15 @@ def default_out_dir() -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``hipt reproduce``."""
+    parser.epilog = (
+        "exit codes: 0 = every run ok (tables written); 1 = at least one run failed (the others completed, "
+        "listed at the end; tables assembled from the finished runs) or an input error; 2 = usage error. "
+        "A rerun skips the runs whose provenance.json says ok. Chapters receive preset, results_dir, task, "
+        "methods, fractions, folds and every --param as papermill parameters (see the module docstring)."
+    )
+    targets = "; ".join(f"{k}: {t.description}" for k, t in TARGETS.items()).replace("%", "%%")
     parser.add_argument("target", nargs="?", choices=[*TARGETS, "all"],
-                        help="a named grid: " + "; ".join(f"{k}: {t.description}" for k, t in TARGETS.items())
-                        + "; all: the three")
+                        help=f"a named grid: {targets}; all: the three")
     parser.add_argument("--quick", action="store_true",
                         help="the phantom version on a CPU: each chapter once with its CPU defaults "
                              "(about 10 min on 2 cores for all three)")

@@ -134,8 +134,43 @@ def test_cli_runs_markdown_chapter_and_exit_codes(tmp_path, capsys):
     assert "skip" in capsys.readouterr().out
 
 
+def test_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "table1" in out and "--quick" in out and "exit codes" in out.lower()
+
+
 def test_unknown_target_or_chapter_is_a_clear_error(tmp_path, capsys):
     assert main(["reproduce", "--chapter", str(tmp_path / "nope.md"), "--out", str(tmp_path)]) == 1
     assert "nope.md: chapter notebook not found" in capsys.readouterr().err
     assert main(["reproduce", "--out", str(tmp_path)]) == 1
     assert "name a target" in capsys.readouterr().err
+
+
+RECORDS = """\
+from hipt.tasks.tables import write_fold_results
+for method in methods:
+    for frac in fractions:
+        for fold in folds:
+            auc = 0.8 + 0.01 * fold + (0.05 if method == "hipt" else 0.0)
+            write_fold_results(results_dir, task, method, frac, fold, {"test": {"auc": auc}})
+"""
+
+
+def test_tables_assembled_from_finished_runs(tmp_path):
+    """Chapters write per-fold records into results_dir; the tables hold ours beside the paper's."""
+    nb = _notebook(tmp_path / "records.ipynb", RECORDS)
+    nb_json = nbformat.read(nb, as_version=4)
+    nb_json.cells[0].source += "\nfractions = [1.0]"
+    nbformat.write(nb_json, nb)
+    runs = rp.grid_runs(nb, tasks=["tcga_lung_subtype"], methods=["hipt", "abmil"], fractions=[0.25, 1.0],
+                        folds=[0, 1], split_by=["task", "methods"])
+    outcomes = rp.reproduce(runs, tmp_path / "out", timeout=120)
+    assert rp.exit_code(outcomes) == 0
+    md = (tmp_path / "out" / "tables" / "table1.md").read_text()
+    assert "0.855 ± 0.005" in md  # hipt: folds 0, 1 -> 0.85, 0.86 (ours)
+    assert "0.952 ± 0.021" in md  # the paper's HIPT lung 100% beside it
+    tables = rp.load_tables(tmp_path / "out")
+    assert set(tables) == {"table1"} and {"ours", "paper"} <= set(tables["table1"]["source"])
