@@ -161,3 +161,24 @@ def test_intro_lists_every_chapter():
     text = (ROOT / "book" / "intro.md").read_text(encoding="utf-8")
     for page in CHAPTERS:
         assert f"{page.stem}" in text, f"intro.md does not link {page.stem}"
+
+
+def test_environment_yml_matches_pyproject():
+    """environment.yml names pyproject's dependencies (core, book, dev) with requirements-cpu's torch pins."""
+    import tomllib
+
+    import yaml
+
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert "python=3.11" in env["dependencies"]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"]]
+    for extra in ("book", "dev"):
+        wanted += [d for d in project["optional-dependencies"][extra] if not d.startswith("hipt[")]
+    pins = [line.strip() for line in (ROOT / "requirements-cpu.txt").read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+    pinned = {p.split("==")[0] for p in pins}
+    expected = pins + [d for d in wanted if re.split(r"[<>=!~ \[]", d, maxsplit=1)[0] not in pinned]
+    assert sorted(p for p in pip if p != "-e .") == sorted(expected)
+    assert "-e ." in pip
