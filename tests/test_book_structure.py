@@ -13,6 +13,7 @@ The introduction and the appendices are checked by the rules that apply to them.
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 import json
 import re
@@ -182,3 +183,36 @@ def test_environment_yml_matches_pyproject():
     expected = pins + [d for d in wanted if re.split(r"[<>=!~ \[]", d, maxsplit=1)[0] not in pinned]
     assert sorted(p for p in pip if p != "-e .") == sorted(expected)
     assert "-e ." in pip
+
+
+def test_mathjax_is_served_from_the_site():
+    """No CDN: MathJax 3 (tex-chtml + its fonts) comes from an installed package into _static/mathjax."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"]
+    path = config["config"]["mathjax_path"]
+    assert "://" not in path and path == "mathjax/tex-chtml.js"
+    assert "sphinx-mathjax-offline" in config["extra_extensions"]
+    ext = importlib.import_module("sphinx-mathjax-offline")
+    static = Path(ext.__file__).parent / "static" / "mathjax"
+    assert (static / "tex-chtml.js").is_file()
+    assert list((static / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
+
+
+def test_each_script_once_per_page():
+    """tools/sphinx_hipt.py drops the second copy of a script (sphinx-thebe's would be a SyntaxError)."""
+    spec = importlib.util.spec_from_file_location("sphinx_hipt", ROOT / "tools" / "sphinx_hipt.py")
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+
+    class JS:
+        def __init__(self, filename, **attributes):
+            self.filename, self.attributes = filename, attributes
+
+    thebe = dict(body='const THEBE_JS_URL = "x"')
+    scripts = [JS("_static/a.js"), JS(None, **thebe), JS("", **thebe), JS("_static/a.js", defer="defer"),
+               JS("_static/a.js")]
+    context = {"script_files": scripts}
+    ext._dedupe_scripts(None, "page", "page.html", context, None)
+    assert [(s.filename, s.attributes) for s in context["script_files"]] == [
+        ("_static/a.js", {}), (None, thebe), ("_static/a.js", {"defer": "defer"})]
