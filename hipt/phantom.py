@@ -227,7 +227,7 @@ def _render_background(size: int, rng: np.random.Generator):
 
 def _render_tumour(size: int, rng: np.random.Generator):
     """Carcinoma cells: crowded pleomorphic nuclei 8–12 µm (16–24 px at 0.5 µm/px), ~13 µm apart."""
-    spacing = rng.uniform(25, 29)
+    spacing = rng.uniform(26, 30)
     centres = _hex_points(rng, size, spacing, 0.25, margin=spacing)
     n = len(centres)
     # cytoplasm: purple-pink, blotchy; cell borders from the Voronoi tessellation of the nuclei
