@@ -310,3 +310,24 @@ def test_knn_accuracy():
     x_tr = centers[y_tr] + rng.standard_normal((60, 8))
     x_te = centers[y_te] + rng.standard_normal((30, 8))
     assert knn_accuracy(x_tr, y_tr, x_te, y_te, k=5) > 0.9
+
+
+def test_slide_patches_read_from_hipt_patch_regions(tmp_path):
+    from hipt.phantom import make_slide
+    from hipt.pretrain import SlidePatches
+    from hipt.tiling import load_coords, patch_slide
+
+    layout = np.zeros((4, 4), np.int64)
+    layout[:2, :2] = [[1, 2], [3, 4]]  # one 512-px region of tissue, the rest glass
+    make_slide(tmp_path / "s.tif", layout, seed=0, n_variants=1)
+    patch_slide(tmp_path / "s.tif", tmp_path / "patch", region_size=512, patch_size=256, min_tissue=0.1)
+    rc = load_coords(tmp_path / "patch" / "coords" / "s.h5")
+    assert len(rc) >= 1
+    ds = SlidePatches(tmp_path / "patch")
+    assert len(ds) == 4 * len(rc)
+    region = rc.read_region(rc.open_slide(), 0)
+    for j, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        assert np.array_equal(ds.load(j), region[r * 256:(r + 1) * 256, c * 256:(c + 1) * 256])
+    small = SlidePatches([tmp_path / "patch" / "coords" / "s.h5"], patch_size=128, transform=PatchMultiCrop(32, 16, 2))
+    assert len(small) == 16 * len(rc) and small.load(5).shape == (128, 128, 3)
+    assert len(small[(5, 1)]) == 4

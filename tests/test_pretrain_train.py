@@ -39,6 +39,8 @@ def test_exact_resume_reproduces_the_uninterrupted_losses(tmp_path):
     assert [r["loss"] for r in second.log] == [r["loss"] for r in full.log]  # bit-identical
     for a, b in zip(second.teacher.state_dict().values(), full.teacher.state_dict().values()):
         assert torch.equal(a, b)
+    again = train(cfg.replace(data=str(tmp_path / "nowhere")))  # finished: loads, needs no data
+    assert [r["loss"] for r in again.log] == [r["loss"] for r in full.log]
     logged = read_log(tmp_path / "split")
     assert list(logged["step"]) == [1, 2, 3, 4, 5, 6]
     assert {"loss", "lr", "wd", "momentum", "teacher_temp", "epoch"} <= set(logged.columns)
@@ -168,3 +170,20 @@ def test_cli_trains_on_a_folder_of_images(tmp_path):
     assert (tmp_path / "run" / "checkpoint.pth").is_file() and (tmp_path / "run" / "log.jsonl").is_file()
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=False)
     assert tuple(ckpt["args"].global_crops_scale) == (0.5, 1.0) and ckpt["step"] == 2
+
+
+def test_pretrained_trains_once_then_loads(tmp_path, monkeypatch):
+    from hipt.pretrain.export import pretrained
+
+    monkeypatch.setenv("HIPT_CACHE", str(tmp_path / "cache"))
+    kw = TINY | {"n_phantom": 8, "patch_size": 48, "epochs": 1, "progress": False}
+    first = pretrained(1, **kw)
+    assert (first.pretrain_dir / "teacher.pth").is_file() and (first.pretrain_dir / "checkpoint.pth").is_file()
+    assert first.pretrain_dir.parent == tmp_path / "cache" / "models"
+    mtime = (first.pretrain_dir / "teacher.pth").stat().st_mtime
+    second = pretrained(1, **kw)  # loaded, not retrained
+    assert (second.pretrain_dir / "teacher.pth").stat().st_mtime == mtime
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(first(x), second(x), atol=1e-6) and not second.training
+    with pytest.raises(ValueError, match="tag"):
+        pretrained(2, dataset=FeatureGrids.from_array(np.zeros((2, 4, 8), np.float32)))

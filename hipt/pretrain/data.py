@@ -172,44 +172,48 @@ class SlidePatches(_KeyedDataset):
     """Patches read straight from slides, inside the regions found by ``hipt patch``.
 
     Args:
-        slides: ``(slide_path, coords_h5)`` pairs (see :func:`pairs_from_patch_dir`).
-        patch_size: patch side at ``target_mpp`` (256).
-        target_mpp: physical resolution to read at; defaults to the one stored in each coords file.
-        mpp: override of the slides' own mpp (for slides without metadata).
+        coords: ``coords/<slide>.h5`` files written by ``hipt patch`` (or a ``hipt patch`` output folder).
+        patch_size: patch side at the regions' resolution (default: the files' patch size, 256).
+        slides_dir: where the slides are, if they moved since patching (matched by file name; default:
+            the ``slide_path`` stored in each coords file).
+        transform: applied as ``transform(patch, seed=seed)``.
 
-    Item ``i`` is patch ``(r, c)`` of region ``k`` of slide ``s``; the index holds, per region, the
-    slide number and its level-0 corner (3 integers), and the level-0 extent of a patch per slide.
-    Slides are opened lazily, once per worker process.
+    Item ``i`` is patch ``(r, c)`` (row-major) of region ``k``; the index holds 3 integers per region
+    (slide number, level-0 corner), not one entry per patch, and slides are opened lazily, once per
+    worker process, with the mpp used when patching.
     """
 
     def __init__(
         self,
-        slides: Sequence[tuple[str | Path, str | Path]],
-        patch_size: int = 256,
-        target_mpp: float | None = None,
-        mpp: float | None = None,
+        coords: Sequence[str | Path] | str | Path,
+        patch_size: int | None = None,
+        slides_dir: str | Path | None = None,
         transform: Callable | None = None,
     ):
         from hipt.tiling import load_coords
 
-        self.patch_size, self.mpp, self.transform = patch_size, mpp, transform
-        self.slide_paths: list[Path] = []
-        self.target_mpps: list[float] = []
-        rows: list[np.ndarray] = []
-        per_region: list[int] = []
-        for s, (slide_path, coords_path) in enumerate(slides):
-            coords = load_coords(coords_path)
-            xy, attrs = _coords_and_attrs(coords, coords_path)
-            region = int(attrs.get("region_size", 4096))
-            if region % patch_size:
-                raise InputFileError(coords_path, f"region size {region} is not a multiple of the patch size {patch_size}")
-            self.slide_paths.append(Path(slide_path))
-            self.target_mpps.append(float(target_mpp or attrs.get("target_mpp", 0.5)))
-            rows.append(np.column_stack([np.full(len(xy), s), xy]).astype(np.int64))
-            per_region.append((region // patch_size) ** 2)
+        if isinstance(coords, (str, Path)):
+            folder = Path(coords) / "coords" if (Path(coords) / "coords").is_dir() else Path(coords)
+            coords = sorted(folder.glob("*.h5"))
+            if not coords:
+                raise InputFileError(folder, "contains no coordinate files", "run `hipt patch` first")
+        self.transform = transform
+        # per slide: (slide path, slide mpp, target mpp, patch size, level-0 patch step)
+        self.sources: list[tuple[Path, float, float, int, float]] = []
+        rows, per_region = [], []
+        for s, f in enumerate(coords):
+            rc = load_coords(f)
+            size = patch_size or rc.patch_size
+            if rc.region_size % size:
+                raise InputFileError(f, f"region size {rc.region_size} is not a multiple of the patch size {size}")
+            n = rc.region_size // size
+            slide = Path(slides_dir) / rc.slide_path.name if slides_dir is not None else rc.slide_path
+            self.sources.append((slide, rc.slide_mpp, rc.target_mpp, size, rc.level0_region_size / n))
+            rows.append(np.column_stack([np.full(len(rc), s), rc.coords]).astype(np.int64))
+            per_region.append(np.full(len(rc), n * n, np.int64))
         self.regions = np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
-        self.patches_per_region = np.asarray([per_region[s] for s in self.regions[:, 0]], np.int64)
-        self._offsets = np.concatenate([[0], np.cumsum(self.patches_per_region)])
+        counts = np.concatenate(per_region) if per_region else np.zeros(0, np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(counts)])
         self._open: dict[int, object] = {}
 
     def __len__(self) -> int:
@@ -219,54 +223,22 @@ class SlidePatches(_KeyedDataset):
         if s not in self._open:
             from hipt.slide import open_slide
 
-            self._open[s] = open_slide(self.slide_paths[s], mpp=self.mpp)
+            self._open[s] = open_slide(self.sources[s][0], mpp=self.sources[s][1])
         return self._open[s]
 
     def load(self, index: int) -> np.ndarray:
         k = int(np.searchsorted(self._offsets, index, side="right") - 1)
-        j = index - int(self._offsets[k])
         s, x0, y0 = (int(v) for v in self.regions[k])
-        per_side = math.isqrt(int(self.patches_per_region[k]))
-        r, c = divmod(j, per_side)
-        slide = self._slide(s)
-        step = slide.level0_scale(self.target_mpps[s]) * self.patch_size
+        _, _, target_mpp, size, step = self.sources[s]
+        n = math.isqrt(int(self._offsets[k + 1] - self._offsets[k]))
+        r, c = divmod(index - int(self._offsets[k]), n)
         xy = (int(round(x0 + c * step)), int(round(y0 + r * step)))
-        return slide.read_region(xy, self.patch_size, target_mpp=self.target_mpps[s])
+        return self._slide(s).read_region(xy, size, target_mpp=target_mpp)
 
     def __getstate__(self):  # slide handles are not pickled into workers
         state = self.__dict__.copy()
         state["_open"] = {}
         return state
-
-
-def _coords_and_attrs(coords, path) -> tuple[np.ndarray, dict]:
-    """Accept what ``hipt.tiling.load_coords`` returns: an object with ``coords``/``attrs``, a dict, or
-    an ``(array, attrs)`` pair."""
-    if isinstance(coords, tuple) and len(coords) == 2:
-        xy, attrs = coords
-    elif isinstance(coords, dict):
-        xy, attrs = coords["coords"], {k: v for k, v in coords.items() if k != "coords"}
-    else:
-        xy, attrs = coords.coords, dict(getattr(coords, "attrs", {}) or vars(coords))
-    xy = np.asarray(xy).reshape(-1, 2)
-    return xy, attrs
-
-
-def pairs_from_patch_dir(patch_dir: str | Path, slides_dir: str | Path) -> list[tuple[Path, Path]]:
-    """``(slide, coords)`` pairs from a ``hipt patch`` output folder and the slides' folder (slides are
-    matched by stem)."""
-    coords_dir = Path(patch_dir) / "coords"
-    if not coords_dir.is_dir():
-        raise InputFileError(patch_dir, "has no coords/ folder", "run `hipt patch` first")
-    slides = {p.stem: p for p in Path(slides_dir).iterdir() if p.is_file()}
-    pairs = []
-    for c in sorted(coords_dir.glob("*.h5")):
-        if c.stem not in slides:
-            raise InputFileError(c, f"no slide named {c.stem}.* in {slides_dir}")
-        pairs.append((slides[c.stem], c))
-    if not pairs:
-        raise InputFileError(coords_dir, "contains no coordinate files")
-    return pairs
 
 
 class FeatureGrids(_KeyedDataset):

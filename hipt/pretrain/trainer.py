@@ -62,7 +62,6 @@ from hipt.pretrain.data import (
     SlidePatches,
     StreamSampler,
     collate_crops,
-    pairs_from_patch_dir,
 )
 from hipt.pretrain.head import DINOHead, MultiCropWrapper
 from hipt.pretrain.loss import DINOLoss, uniform_loss
@@ -83,7 +82,8 @@ class PretrainConfig:
 
     Data (``data``): ``"phantom"`` (stage 1: ``n_phantom`` in-memory phantom patches of
     ``patch_size`` px; stage 2: pass the grids to :func:`train` as ``dataset``), a folder of images, a
-    ``hipt patch`` output folder (stage 1, with ``slides`` = the slides' folder), or a folder of
+    ``hipt patch`` output folder (stage 1: ``patch_size``-px patches read from the slides inside its
+    regions; ``slides`` = the slides' folder if they moved since patching), or a folder of
     ``hipt extract`` HDF5 files (stage 2, their ``feats256``).
     """
 
@@ -95,7 +95,6 @@ class PretrainConfig:
     n_phantom: int = 2048
     phantom_seed: int = 1000
     patch_size: int = 128
-    target_mpp: float | None = None
     # -- backbone
     arch: str = "vit256_tiny"
     input_embed_dim: int = 192
@@ -319,10 +318,7 @@ def build_dataset(config: PretrainConfig):
             return ArrayPatches(images, transform)
         path = Path(data)
         if (path / "coords").is_dir():
-            if not config.slides:
-                raise InputFileError(path, "is a `hipt patch` folder: also pass the slides' folder (--slides)")
-            return SlidePatches(pairs_from_patch_dir(path, config.slides), config.patch_size, config.target_mpp,
-                                transform=transform)
+            return SlidePatches(path, config.patch_size, config.slides, transform=transform)
         return ImageFolderPatches(path, transform)
     if data == "phantom":
         raise HIPTError("stage 2 on phantom data: pass the feature grids as train(config, dataset=...) "
@@ -424,12 +420,17 @@ def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int) 
     out_dir = Path(config.out_dir)
     ckpt_path = out_dir / CHECKPOINT_NAME
 
-    if dataset is None:
-        dataset = build_dataset(config)
-    elif getattr(dataset, "transform", "unset") is None:
-        dataset.transform = build_transform(config)
     global_batch = config.batch_size_per_gpu * world
-    steps_per_epoch = config.steps_per_epoch or max(1, len(dataset) // global_batch)
+    ckpt = _torch_load(ckpt_path) if config.resume and ckpt_path.is_file() else None
+    # A finished run needs no data (and the phantom patches take a while to draw): read the epoch
+    # length it used from its checkpoint.
+    done_spe = int(ckpt["steps_per_epoch"]) if ckpt is not None and "steps_per_epoch" in ckpt else None
+    finished = done_spe is not None and int(ckpt["step"]) >= _stop_step(config, config.epochs * done_spe)
+    if dataset is None and not finished:
+        dataset = build_dataset(config)
+    elif dataset is not None and getattr(dataset, "transform", "unset") is None:
+        dataset.transform = build_transform(config)
+    steps_per_epoch = done_spe if finished else (config.steps_per_epoch or max(1, len(dataset) // global_batch))
     total_steps = config.epochs * steps_per_epoch
 
     # -- models: student (with drop path) and teacher (without), same initial weights
@@ -474,8 +475,7 @@ def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int) 
     # -- resume
     start_step = 0
     log: list[dict[str, Any]] = []
-    if config.resume and ckpt_path.is_file():
-        ckpt = _torch_load(ckpt_path)
+    if ckpt is not None:
         student.load_state_dict(_strip(ckpt["student"], "module."))
         teacher.load_state_dict(ckpt["teacher"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -488,7 +488,9 @@ def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int) 
             _set_rng_state(rng["per_rank"][rank])
         log = _read_log(out_dir / LOG_NAME, start_step)
 
-    stop_step = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
+    stop_step = _stop_step(config, total_steps)
+    if finished:
+        return TrainResult(teacher.backbone.eval(), student.backbone, log, out_dir, ckpt_path, schedules, config)
     sampler = StreamSampler(len(dataset), global_batch, seed=config.seed, rank=rank, world_size=world,
                             start_step=start_step, total_steps=stop_step)
     loader = torch.utils.data.DataLoader(
@@ -560,13 +562,17 @@ def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int) 
             bar.set_postfix(loss=f"{float(loss_value):.3f}", epoch=epoch)
         if step % config.checkpoint_every == 0 or step == stop_step:
             _save_checkpoint(ckpt_path, config, student, teacher, optimizer, dino_loss, scaler, step, epoch,
-                             log, rank, world)
+                             steps_per_epoch, log, rank, world)
     if bar is not None:
         bar.close()
 
     teacher_backbone = teacher.backbone.eval()
     return TrainResult(teacher_backbone, student.backbone, log, out_dir, ckpt_path if ckpt_path.is_file() else None,
                        schedules, config)
+
+
+def _stop_step(config: PretrainConfig, total_steps: int) -> int:
+    return total_steps if config.max_steps is None else min(total_steps, config.max_steps)
 
 
 def _strip(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -587,8 +593,8 @@ def _load_initial_weights(student: MultiCropWrapper, teacher: MultiCropWrapper, 
         student.head.load_state_dict(head)
 
 
-def _save_checkpoint(path: Path, config, student, teacher, optimizer, dino_loss, scaler, step, epoch, log,
-                     rank: int, world: int) -> None:
+def _save_checkpoint(path: Path, config, student, teacher, optimizer, dino_loss, scaler, step, epoch,
+                     steps_per_epoch, log, rank: int, world: int) -> None:
     """Atomic checkpoint in the released DINO format, plus what exact resumption needs."""
     rng = _rng_state()
     if world > 1:
@@ -604,6 +610,7 @@ def _save_checkpoint(path: Path, config, student, teacher, optimizer, dino_loss,
             "optimizer": optimizer.state_dict(),
             "epoch": epoch + 1,
             "step": step,
+            "steps_per_epoch": steps_per_epoch,
             "args": argparse.Namespace(**asdict(config)),
             "dino_loss": dino_loss.state_dict(),
             "rng": {"per_rank": per_rank},
