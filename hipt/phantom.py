@@ -525,6 +525,19 @@ class PhantomTruth:
         comp = _Composer(self)
         return comp.window_nuclei(x, y, w, h)
 
+    def region_of(self, coords: np.ndarray) -> np.ndarray:
+        """Index into :attr:`regions` of the region holding each level-0 point ``coords`` [N, 2] (x, y); −1 if none.
+
+        Use it to match ``hipt patch`` coordinates (region top-left corners) to the ground truth, e.g.
+        ``truth.informative[idx]`` where ``idx >= 0``.
+        """
+        xy = np.asarray(coords, np.int64).reshape(-1, 2)
+        out = np.full(len(xy), -1, np.int64)
+        for k, (x, y, w, h) in enumerate(self.regions):
+            inside = (xy[:, 0] >= x) & (xy[:, 0] < x + w) & (xy[:, 1] >= y) & (xy[:, 1] < y + h)
+            out[inside & (out < 0)] = k
+        return out
+
     def region_layouts(self) -> list[np.ndarray]:
         """The [G, G] layout of each region, in the order of :attr:`regions`."""
         c = self.cell
@@ -993,6 +1006,11 @@ def random_layout(rows: int, cols: int, seed: int = 0, tissue_fraction: float = 
     return layout
 
 
+def _grid_cols(k: int) -> int:
+    """Columns of the region grid of a slide with ``k`` regions (2×2 for 4, 2×3 for 5–6, ...)."""
+    return math.ceil(math.sqrt(k))
+
+
 def tile_regions(region_layouts: Sequence[np.ndarray], margin: int = 2, cols: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Lay regions out on a grid into one slide layout with glass around.
 
@@ -1006,7 +1024,7 @@ def tile_regions(region_layouts: Sequence[np.ndarray], margin: int = 2, cols: in
     """
     k = len(region_layouts)
     g = region_layouts[0].shape[0]
-    cols = cols or math.ceil(math.sqrt(k))
+    cols = cols or _grid_cols(k)
     rows = math.ceil(k / cols)
     layout = np.full((rows * g + margin, cols * g + margin), BACKGROUND, np.int8)
     boxes = []
@@ -1034,7 +1052,9 @@ class Cohort:
         table: one row per slide: ``slide_id`` (file stem), ``path`` (absolute), ``label`` (int),
             ``label_name``, ``case_id``, ``n_regions``, ``n_informative``, ``arrangement_score``; for
             ``survival`` also ``survival_months`` and ``censorship`` (1 = censored).
-        out_dir: the cohort folder (slides, truths, ``table.csv``, ``cohort.json``).
+        out_dir: the cohort folder: slides ``<slide_id>.tif`` with truths ``<slide_id>.truth.npz``,
+            ``table.csv``, ``regions.csv`` (one row per region: ``slide_id, region, x, y, w, h,
+            informative``; level-0 px) and ``cohort.json`` (the arguments).
         kind: one of :data:`COHORT_KINDS`.
         class_names: ``label`` → name.
     """
@@ -1187,13 +1207,11 @@ def make_cohort(
             table["path"] = [str(out_dir.resolve() / Path(p).name) for p in table["path"]]
             if all(Path(p).is_file() and truth_path(p).is_file() for p in table["path"]):
                 return Cohort(table=table, out_dir=out_dir, kind=kind, class_names=class_names)
-    elif manifest.is_file():
-        pass
     atomic_write_text(manifest, json.dumps(params, indent=1))
 
     grid = region_size // patch_size
     plans = _cohort_plan(kind, n_slides, regions_per_slide, grid, seed)
-    rows = []
+    rows, region_rows = [], []
     it = enumerate(plans)
     if progress:
         from tqdm.auto import tqdm
@@ -1215,7 +1233,13 @@ def make_cohort(
         if kind == "survival":
             row.update(survival_months=plan["survival_months"], censorship=plan["censorship"])
         rows.append(row)
+        g = region_size
+        for r, inf in enumerate(plan["informative"]):
+            gy, gx = divmod(r, _grid_cols(k))
+            region_rows.append(dict(slide_id=slide_id, region=r, x=gx * g, y=gy * g, w=g, h=g, informative=bool(inf)))
     table = pd.DataFrame(rows)
+    with atomic_path(out_dir / "regions.csv") as tmp:
+        pd.DataFrame(region_rows).to_csv(tmp, index=False)
     with atomic_path(table_csv) as tmp:
         table.to_csv(tmp, index=False)
     return Cohort(table=table, out_dir=out_dir, kind=kind, class_names=class_names)

@@ -9,6 +9,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from hipt import phantom as P
@@ -218,6 +219,12 @@ def test_context_cohort_table_and_truth(context_cohort):
         contact[row["label"]].append(sum(P.touches(r, P.TUMOUR, P.LYMPHOCYTES) for r in truth.region_layouts()))
         # regions sit on the region grid anchored at the slide origin
         assert (truth.regions[:, :2] % 2048 == 0).all()
+        idx = truth.region_of(truth.regions[:, :2] + 5)
+        np.testing.assert_array_equal(idx, np.arange(len(truth.regions)))
+        assert truth.region_of([[truth.size[0] - 1, truth.size[1] - 1]])[0] == -1  # glass margin
+    regions = pd.read_csv(context_cohort.out_dir / "regions.csv")
+    assert len(regions) == 8 and regions.groupby("slide_id")["informative"].sum().to_dict() == dict(
+        zip(t["slide_id"], t["n_informative"]))
     for m in multisets[1:]:  # identical multiset of patch tissue types in every slide of both classes
         np.testing.assert_array_equal(m, multisets[0])
     assert min(contact[1]) > 0 and max(contact[0]) == 0
