@@ -5,7 +5,6 @@ PY   ?= python3.11
 VENV ?= .venv
 BIN  := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
-export MPLBACKEND := Agg
 
 .PHONY: setup book test clean-book
 

@@ -60,3 +60,14 @@ def test_download_missing_url_is_clear(tmp_path, http_server):
     base = http_server(tmp_path)
     with pytest.raises(HIPTError, match="download failed"):
         download(f"{base}/nope.bin", None, dest_dir=tmp_path / "c", progress=False)
+
+
+def test_atomic_path_output_has_default_permissions(tmp_path):
+    import os
+
+    dest = tmp_path / "out.txt"
+    with atomic_path(dest) as tmp:
+        tmp.write_text("x")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert os.stat(dest).st_mode & 0o777 == os.stat(plain).st_mode & 0o777

@@ -1,0 +1,191 @@
+"""The book's pipeline, train-or-load: phantom cohorts → patches → stage 1 → features → stage 2.
+
+Several chapters need the same expensive artefacts: a phantom cohort, its ``hipt patch`` grid, a
+stage-1 ViT256 pretrained with DINO, the hierarchical features of every cohort and a stage-2 ViT4K.
+Each function here returns the artefact from the cache (``hipt.paths.cache_dir()``, by default
+``data/cache/`` in a checkout) when it is there, and otherwise computes it exactly as the chapter that
+introduces it does, so any chapter can run on its own (in Colab, say) while the book build pays for
+each artefact once.
+
+Two presets:
+
+========  ===========  ==============  =====================  ============================
+preset    region size  cohort          stage-1 model          stage-2 model
+========  ===========  ==============  =====================  ============================
+``cpu``   2048 px      32 slides × 4   ViT256 192-d × 4       ViT4K 192-d × 2 (tiny)
+``paper`` 4096 px      128 slides × 8  ViT-S/16 (384-d × 12)  ViT-XS (192-d × 6)
+========  ===========  ==============  =====================  ============================
+
+The ``cpu`` preset keeps the physical scale (0.5 µm/px, 256-px patches, 16-px tokens) and shrinks
+the rest: regions of 8×8 instead of 16×16 patches, a tiny ViT256 and a short DINO run, so the whole
+pipeline fits a few minutes on 2 CPU cores.  ``paper`` is the full-size setting for a GPU.
+
+All artefacts are deterministic from ``seed``; cache folders are named by their settings.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from hipt.paths import cache_dir
+
+__all__ = ["Preset", "PRESETS", "get_preset", "cohort", "patches", "stage1_model", "stage2_model",
+           "cohort_features", "pretraining_features"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of the book's pipeline (see the module docstring)."""
+
+    name: str
+    region_size: int
+    patch_size: int
+    n_slides: int
+    regions_per_slide: int
+    pretrain_preset: str  #: :data:`hipt.pretrain.PRESETS` key
+    extract_dtype: str  #: ``fp32`` or ``bf16`` compute for feature extraction
+    batch_regions: int
+    #: the unlabelled cohort whose stage-1 features pretrain stage 2 (kind, n_slides)
+    stage2_cohort: tuple[str, int]
+
+
+PRESETS: dict[str, Preset] = {
+    "cpu": Preset("cpu", region_size=2048, patch_size=256, n_slides=32, regions_per_slide=4,
+                  pretrain_preset="cpu-tiny", extract_dtype="fp32", batch_regions=2,
+                  stage2_cohort=("survival", 32)),
+    "paper": Preset("paper", region_size=4096, patch_size=256, n_slides=128, regions_per_slide=8,
+                    pretrain_preset="paper", extract_dtype="bf16", batch_regions=4,
+                    stage2_cohort=("survival", 512)),
+}
+
+
+def get_preset(preset: str | Preset = "cpu") -> Preset:
+    """A :class:`Preset` by name (``"cpu"``, ``"cpu-tiny"`` or ``"paper"``)."""
+    if isinstance(preset, Preset):
+        return preset
+    from hipt.errors import HIPTError
+
+    name = {"cpu-tiny": "cpu"}.get(preset, preset)
+    if name not in PRESETS:
+        raise HIPTError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ------------------------------------------------------------------------------------------ data
+def cohort(kind: str, preset: str | Preset = "cpu", seed: int = 0, n_slides: int | None = None,
+           progress: bool = True):
+    """The phantom cohort ``kind`` (``composition2``, ``composition3``, ``context``, ``survival``).
+
+    Returns a :class:`hipt.phantom.Cohort` (``.table`` with ``slide_id, path, label, …``).
+    """
+    from hipt import phantom
+
+    p = get_preset(preset)
+    n = p.n_slides if n_slides is None else n_slides
+    return phantom.make_cohort(kind, n_slides=n, regions_per_slide=p.regions_per_slide,
+                               region_size=p.region_size, patch_size=p.patch_size, seed=seed,
+                               progress=progress)
+
+
+def patches(kind: str, preset: str | Preset = "cpu", seed: int = 0, n_slides: int | None = None,
+            progress: bool = True) -> Path:
+    """``hipt patch`` output folder (``coords/``, ``masks/``, ``thumbnails/``, ``summary.csv``) of a cohort."""
+    from hipt.tiling import patch_folder
+
+    p = get_preset(preset)
+    c = cohort(kind, p, seed, n_slides, progress)
+    out = cache_dir("patches", c.out_dir.name)
+    patch_folder(c.paths, out, region_size=p.region_size, patch_size=p.patch_size, progress=progress)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ models
+def _stage_config(stage: int, p: Preset, **overrides):
+    from hipt.pretrain import make_config
+
+    cfg = make_config(stage, p.pretrain_preset, device=_device(), **overrides)
+    return cfg
+
+
+def stage1_model(preset: str | Preset = "cpu", progress: bool = True, **overrides) -> torch.nn.Module:
+    """The stage-1 ViT256 (teacher, eval mode), trained with DINO on phantom patches or loaded.
+
+    ``overrides`` change :class:`hipt.pretrain.PretrainConfig` fields (and so the cache folder).
+    """
+    from hipt.pretrain import train
+    from hipt.pretrain.trainer import config_hash
+
+    p = get_preset(preset)
+    cfg = _stage_config(1, p, progress=progress, **overrides)
+    cfg = cfg.replace(out_dir=str(cache_dir("models", f"stage1-{p.name}-{config_hash(cfg)}")))
+    return train(cfg).teacher.eval()
+
+
+def pretraining_features(preset: str | Preset = "cpu", progress: bool = True) -> Path:
+    """Stage-1 patch features (``feats256`` only) of the unlabelled cohort that pretrains stage 2."""
+    p = get_preset(preset)
+    kind, n = p.stage2_cohort
+    return _extract(kind, p, seed=1, n_slides=n, with_vit4k=False, progress=progress)
+
+
+def stage2_model(preset: str | Preset = "cpu", progress: bool = True, **overrides) -> torch.nn.Module:
+    """The stage-2 ViT4K (teacher, eval mode), trained with DINO on stage-1 feature grids, or loaded.
+
+    Its pretraining data are the ``feats256`` of a separate phantom cohort (seed 1), never the
+    cohorts that the slide-level chapters evaluate on.
+    """
+    from hipt.pretrain import train
+    from hipt.pretrain.trainer import config_hash
+
+    p = get_preset(preset)
+    feats = pretraining_features(p, progress)
+    cfg = _stage_config(2, p, data=str(feats), progress=progress, **overrides)
+    cfg = cfg.replace(out_dir=str(cache_dir("models", f"stage2-{p.name}-{config_hash(cfg.replace(data=''))}")))
+    return train(cfg).teacher.eval()
+
+
+# ------------------------------------------------------------------------------------------ features
+def _extract(kind: str, p: Preset, seed: int, n_slides: int | None, with_vit4k: bool, progress: bool) -> Path:
+    from hipt.features import build_encoder, extract_folder
+
+    c = cohort(kind, p, seed, n_slides, progress)
+    patch_dir = patches(kind, p, seed, n_slides, progress)
+    tag = "feats" if with_vit4k else "feats256"
+    out = cache_dir("features", f"{c.out_dir.name}-{tag}")
+    table = out / "table.csv"
+    if not table.is_file() or len(list(out.glob("*.h5"))) < len(c.table):
+        vit256 = stage1_model(p, progress)
+        vit4k = stage2_model(p, progress) if with_vit4k else None
+        enc = build_encoder(vit256, vit4k)
+        results = extract_folder(patch_dir, out, enc, batch_regions=p.batch_regions, dtype=p.extract_dtype,
+                                 device=_device(), progress=progress)
+        failed = [r for r in results if getattr(r, "status", "ok") == "failed"]
+        if failed:
+            from hipt.errors import HIPTError
+
+            raise HIPTError(f"{out}: feature extraction failed for {len(failed)} slide(s); see summary.csv")
+        from hipt.io import atomic_path
+
+        with atomic_path(table) as tmp:
+            shutil.copyfile(c.out_dir / "table.csv", tmp)
+    return out
+
+
+def cohort_features(kind: str, preset: str | Preset = "cpu", seed: int = 0, n_slides: int | None = None,
+                    progress: bool = True) -> Path:
+    """Folder of ``<slide>.h5`` (``feats256`` ``[M, n, D]``, ``feats4k`` ``[M, 192]``, ``coords``) and
+    ``table.csv`` for the phantom cohort ``kind``, from the preset's stage-1 and stage-2 models."""
+    return _extract(kind, get_preset(preset), seed, n_slides, with_vit4k=True, progress=progress)
+
+
+def describe(preset: str | Preset = "cpu") -> dict:
+    """The preset as a plain dict (for provenance records)."""
+    return asdict(get_preset(preset))
