@@ -486,3 +486,29 @@ def test_slide_non_square_grid_and_errors():
 def test_slide_warns_when_frozen_local_vit_is_random():
     with pytest.warns(UserWarning, match="randomly initialized"):
         HIPTSlide(2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# FLOPs
+# ---------------------------------------------------------------------------------------------------
+
+
+def _counted_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for blk in model.blocks:  # explicit attention: FlopCounterMode has no formula for the CPU SDPA kernel
+        blk.attn.fused_attn = False
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x)
+    return int(fc.get_total_flops())
+
+
+def test_analytic_flops_equal_flop_counter():
+    v256, v4k = vit256_tiny(), vit4k_tiny()
+    assert v256.flops(256) == _counted_flops(v256, torch.randn(1, 3, 256, 256))
+    assert v256.flops(96, 160) == _counted_flops(v256, torch.randn(1, 3, 96, 160))
+    assert v4k.flops(8, 6) == _counted_flops(v4k, torch.randn(1, 192, 8, 6))
+    assert abs(vit256_small().flops(256) / 1e9 - 12.283) < 1e-3
+    assert abs(vit4k_xs().flops(16) / 1e9 - 1.706) < 1e-3
+    enc = HIPT4K(v256, v4k)
+    assert enc.flops(512, 768) == 6 * v256.flops(256) + v4k.flops(2, 3)
