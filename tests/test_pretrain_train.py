@@ -46,6 +46,15 @@ def test_exact_resume_reproduces_the_uninterrupted_losses(tmp_path):
     assert {"loss", "lr", "wd", "momentum", "teacher_temp", "epoch"} <= set(logged.columns)
 
 
+def test_losses_do_not_depend_on_the_number_of_data_workers(tmp_path):
+    torch.set_num_threads(1)
+    data = _images()
+    cfg = make_config(1, **(TINY | {"epochs": 1}))
+    a = train(cfg.replace(out_dir=str(tmp_path / "a"), num_workers=0), ArrayPatches(data))
+    b = train(cfg.replace(out_dir=str(tmp_path / "b"), num_workers=2), ArrayPatches(data))
+    assert [r["loss"] for r in a.log] == [r["loss"] for r in b.log]
+
+
 def test_resume_from_a_mid_run_checkpoint_drops_later_log_rows(tmp_path):
     torch.set_num_threads(1)
     data = _images()

@@ -180,7 +180,8 @@ def tokens_to_grid(tokens: torch.Tensor | np.ndarray, grid_hw: Sequence[int] | N
 
 
 class _seeded:
-    """Context manager: run a block with the global torch RNG seeded, restoring its state after."""
+    """Context manager: run a block with the global CPU torch RNG seeded, restoring its state after
+    (CUDA generators are not touched: the augmentations run on CPU tensors)."""
 
     def __init__(self, seed: int | None):
         self.seed = seed
@@ -188,7 +189,7 @@ class _seeded:
     def __enter__(self):
         if self.seed is not None:
             self._state = torch.random.get_rng_state()
-            torch.manual_seed(self.seed)
+            torch.random.default_generator.manual_seed(self.seed)
 
     def __exit__(self, *exc):
         if self.seed is not None:

@@ -25,9 +25,14 @@ TEACHER_NAME = "teacher.pth"
 
 
 def model_dir(config: PretrainConfig, tag: str | None = None) -> Path:
-    """The cache folder of a configuration: ``<cache>/models/dino_stage<s>_<preset>[_<tag>]_<hash>``."""
-    name = f"dino_stage{config.stage}_{config.preset}" + (f"_{tag}" if tag else "")
-    return cache_dir("models") / f"{name}_{config_hash(config)}"
+    """The cache folder of a configuration: ``<cache>/models/stage<s>-<cpu|paper>[-<tag>]-<hash>``.
+
+    The same folder :mod:`hipt.zoo` uses, so the book's chapters share one trained model per setting.
+    For stage 2 on the default phantom data the hash leaves out ``data`` (a cache path).
+    """
+    key = config.replace(data="") if config.stage == 2 and config.data == "phantom" else config
+    name = f"stage{config.stage}-{'paper' if config.preset == 'paper' else 'cpu'}" + (f"-{tag}" if tag else "")
+    return cache_dir("models") / f"{name}-{config_hash(key)}"
 
 
 def load_pretrained(path: str | Path) -> nn.Module:
@@ -68,7 +73,7 @@ def pretrained(
 
     Args:
         stage: 1 (ViT256 on phantom patches by default) or 2 (ViT4K on feature grids: by default the
-            stage-1 features of the phantom ``context`` cohort, see :func:`phantom_stage2_data`).
+            stage-1 features of the book's unlabelled phantom cohort, :func:`hipt.zoo.pretraining_features`).
         preset: ``"cpu-tiny"`` (minutes on a CPU) or ``"paper"``.
         force: retrain even if cached.
         dataset: train on this dataset instead of ``config.data`` (then name it with ``tag``: the cache
@@ -88,7 +93,10 @@ def pretrained(
         if force and (out / "checkpoint.pth").is_file():
             (out / "checkpoint.pth").unlink()
         if stage == 2 and dataset is None and config.data == "phantom":
-            dataset = phantom_stage2_data(progress=progress).train_dataset()
+            from hipt import zoo  # the book's unlabelled pretraining cohort, stage-1 features
+
+            config = config.replace(data=str(zoo.pretraining_features("paper" if preset == "paper" else "cpu",
+                                                                      progress=progress)))
         result = train(config.replace(out_dir=str(out), progress=progress), dataset)
         export_teacher(result, teacher_path, config)
         model = result.teacher.eval()
@@ -97,82 +105,30 @@ def pretrained(
 
 
 # ------------------------------------------------------------------------------------------------
-# stage-2 data on phantom slides
+# ground truth of phantom regions (stage-2 evaluation)
 # ------------------------------------------------------------------------------------------------
 
 
-class Stage2Data:
-    """Stage-1 features of the regions of a phantom cohort, with per-region ground truth.
+def region_truth(features_dir: str | Path, table) -> "pd.DataFrame":  # noqa: F821
+    """One row per region of the ``hipt extract`` files of a phantom cohort, with its ground truth.
 
-    Attributes:
-        features_dir: the ``hipt extract`` output folder (one ``<slide>.h5`` per slide, ``feats256``
-            ``[M, n, D]``).
-        regions: a DataFrame, one row per region of the feature files in file order: ``slide_id``,
-            ``region`` (row in the file), ``x``, ``y`` (level-0 corner), ``label`` (slide class),
-            ``informative`` (the region holds the label-defining arrangement, from the truth), ``split``
-            (``"train"``/``"test"``: slides alternate by their order in the cohort table).
+    Args:
+        features_dir: folder of ``<slide_id>.h5`` feature files.
+        table: the cohort table (``slide_id``, ``path``, ``label``), e.g. ``make_cohort(...).table``.
+
+    Returns a DataFrame in file order (slides in table order, regions in file order): ``slide_id``,
+    ``region`` (row in the file), ``x``, ``y`` (level-0 corner), ``label`` (slide class) and
+    ``informative`` (the region holds the label-defining arrangement; NaN for a region that is not one of
+    the slide's truth regions, e.g. a glass border region kept by ``hipt patch``).
     """
-
-    def __init__(self, features_dir: Path, regions):
-        self.features_dir = Path(features_dir)
-        self.regions = regions
-
-    def files(self) -> list[Path]:
-        return [self.features_dir / f"{s}.h5" for s in dict.fromkeys(self.regions["slide_id"])]
-
-    def train_dataset(self, transform=None):
-        """All regions as a :class:`~hipt.pretrain.data.FeatureGrids` dataset (self-supervised: no labels)."""
-        from hipt.pretrain.data import FeatureGrids
-
-        return FeatureGrids(self.files(), transform)
-
-    def grids(self) -> np.ndarray:
-        """``[M, D, H, W]`` float32 grids of every region (row order of :attr:`regions`)."""
-        from hipt.pretrain.data import FeatureGrids
-
-        ds = FeatureGrids(self.files())
-        return np.stack([ds.load(i).numpy() for i in range(len(ds))])
-
-
-def phantom_stage2_data(
-    stage1: nn.Module | None = None,
-    kind: str = "context",
-    n_slides: int = 32,
-    regions_per_slide: int = 4,
-    region_size: int = 2048,
-    seed: int = 0,
-    normalization: str | None = None,
-    progress: bool = True,
-) -> Stage2Data:
-    """Phantom cohort → ``hipt patch`` → ``hipt extract`` (feats256 only) with a stage-1 model, cached.
-
-    ``stage1`` defaults to :func:`pretrained` ``(1)``.  Every step is cached and resumable: the cohort
-    under ``<cache>/phantom``, coordinates and features under ``<cache>/features/stage2_<...>``.
-    """
+    import h5py
     import pandas as pd
 
-    from hipt.features import build_encoder, extract_folder
-    from hipt.phantom import load_truth, make_cohort
-    from hipt.tiling import patch_folder
-
-    if stage1 is None:
-        stage1 = pretrained(1, progress=progress)
-    if normalization is None:
-        normalization = _stage1_normalization(stage1)
-    cohort = make_cohort(kind, n_slides=n_slides, regions_per_slide=regions_per_slide, region_size=region_size,
-                         seed=seed, progress=progress)
-    tag = getattr(stage1, "pretrain_dir", None)
-    tag = Path(tag).name if tag is not None else "custom"
-    work = cache_dir("features") / f"stage2_{cohort.out_dir.name}_{tag}"
-    patch_folder(cohort.paths, work / "patch", region_size=region_size, patch_size=256, progress=progress)
-    encoder = build_encoder(stage1, None, normalization=normalization)
-    extract_folder(work / "patch", work / "feats", encoder, progress=progress)
-
-    import h5py
+    from hipt.phantom import load_truth
 
     rows = []
-    for i, (slide_id, label, path) in enumerate(zip(cohort.table["slide_id"], cohort.table["label"], cohort.paths)):
-        f = work / "feats" / f"{slide_id}.h5"
+    for slide_id, label, path in zip(table["slide_id"], table["label"], table["path"]):
+        f = Path(features_dir) / f"{slide_id}.h5"
         if not f.is_file():
             continue
         truth = load_truth(path)
@@ -181,16 +137,18 @@ def phantom_stage2_data(
             coords = np.asarray(h5["coords"][:]).reshape(-1, 2)
         for j, (x, y) in enumerate(coords):
             rows.append({"slide_id": slide_id, "region": j, "x": int(x), "y": int(y), "label": int(label),
-                         "informative": boxes.get((int(x), int(y))), "split": "train" if i % 2 == 0 else "test"})
-    return Stage2Data(work / "feats", pd.DataFrame(rows))
+                         "informative": boxes.get((int(x), int(y)), np.nan)})
+    return pd.DataFrame(rows)
 
 
-def _stage1_normalization(model: nn.Module) -> str:
-    """The normalization a cached stage-1 model was trained with (default ``"hipt"``)."""
-    d = getattr(model, "pretrain_dir", None)
-    if d is not None and (Path(d) / TEACHER_NAME).is_file():
-        from hipt.models.weights import load_checkpoint
+def region_grids(features_dir: str | Path, regions) -> np.ndarray:
+    """``[M, D, H, W]`` float32 feature grids of the rows of :func:`region_truth`'s table."""
+    from hipt.features import load_features
+    from hipt.pretrain.augment import tokens_to_grid
 
-        meta = load_checkpoint(Path(d) / TEACHER_NAME).get("hipt") or {}
-        return str(meta.get("normalization", "hipt"))
-    return "hipt"
+    out, cache = [], {}
+    for slide_id, j in zip(regions["slide_id"], regions["region"]):
+        if slide_id not in cache:
+            cache = {slide_id: load_features(Path(features_dir) / f"{slide_id}.h5")["feats256"]}
+        out.append(tokens_to_grid(cache[slide_id][int(j)]).numpy())
+    return np.stack(out)

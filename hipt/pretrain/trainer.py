@@ -16,8 +16,9 @@ Tuning advice (DINO's, and ours on the phantom data)
 - **Loss stuck at ln(out_dim)** (printed at start): the output collapsed to uniform.  Lower the teacher
   temperature (``--teacher-temp 0.04``), keep ``--norm-last-layer`` on, check the LR is not too high
   and that the data are not constant (e.g. all background).
-- **Loss drops to ~0 fast**: collapse to one dimension; raise ``--center-momentum`` towards 0.9-0.99,
-  or raise the teacher temperature slightly (≤ 0.07, with ``--warmup-teacher-temp-epochs``).
+- **Loss drops to ~0 fast**: collapse to one prototype (the teacher is one-hot and the student copies
+  it).  Raise the teacher temperature a little (0.04 → 0.05-0.07, with ``--warmup-teacher-temp-epochs``)
+  and keep the centring responsive (``--center-momentum`` 0.9 or lower, not higher).
 - **Batch size and LR**: the LR is scaled by ``global_batch / 256``; when changing the number of GPUs,
   keep ``--lr`` (the base LR) and the rule does the rest.  Small batches (< 64) train but need more
   steps; a longer ``--warmup-epochs`` helps when the loss spikes early.
@@ -648,7 +649,25 @@ def read_log(run_dir: str | Path):
 _HELP = {
     "stage": "1: ViT256-16 on patches; 2: ViT4096-256 on feature grids",
     "preset": "base settings: cpu-tiny (CPU, minutes) or paper (the reference hyper-parameters)",
-    "data": "phantom | folder of images | `hipt patch` output folder (stage 1, with --slides) | folder of `hipt extract` .h5 (stage 2)",
+    "data": "phantom | folder of images | `hipt patch` output folder (stage 1) | folder of `hipt extract` .h5 (stage 2)",
+    "slides": "folder of the slides, if they moved since `hipt patch` (stage 1 from slides)",
+    "n_phantom": "phantom patches drawn for --data phantom (stage 1)",
+    "patch_size": "stage-1 input patch side in px (the paper: 256; cpu-tiny: 128, keeping the crop ratios)",
+    "arch": "vit256_small | vit256_tiny (stage 1); vit4k_xs | vit4k_tiny (stage 2)",
+    "input_embed_dim": "stage 2: dimension of the stage-1 features (384 for ViT-S/16, 192 for the tiny ViT)",
+    "drop_path_rate": "stochastic depth of the student (0.1 in the paper)",
+    "global_crop_size": "global view side: px (stage 1, 224) or tokens (stage 2, 14 of 16)",
+    "local_crop_size": "local view side: px (stage 1, 96) or tokens (stage 2, 6 of 16)",
+    "grid_dropout": "stage 2: feature dropout on the crops (the paper's option p=0.1; the reference code: 0)",
+    "batch_size_per_gpu": "per process; the global batch is this × processes (the paper: 256 in total)",
+    "warmup_epochs": "linear LR warm-up (the paper: 10 epochs = 40k iterations)",
+    "weight_decay": "start of the cosine weight-decay schedule (0.04 → --weight-decay-end 0.4)",
+    "warmup_teacher_temp": "teacher temperature at the start of its linear warm-up",
+    "center_momentum": "EMA momentum of the teacher centre (0.9); raise it if the loss drops to ~0 (collapse)",
+    "freeze_last_layer": "epochs during which the prototypes (last layer) get no updates (1)",
+    "checkpoint_every": "steps between atomic checkpoints (the last step always checkpoints)",
+    "num_workers": "DataLoader worker processes (augmentations are deterministic whatever this is)",
+    "device": "auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)",
     "out_dim": "prototypes K (65536 in the paper); a loss stuck at ln(K) means collapse to uniform",
     "teacher_temp": "teacher temperature after warm-up (0.04; raise up to 0.07 only with warm-up)",
     "lr": "base LR, scaled by global_batch/256",

@@ -1,0 +1,175 @@
+"""Does DINO pretraining learn?  KNN accuracy on phantom data before and after, at both stages.
+
+Stage 1: a ``cpu-tiny`` DINO run on phantom patches (timed), then the KNN accuracy (k = 20, cosine) of
+the tissue type of held-out phantom patches (train and test drawn from other seeds than the
+pretraining data) from the [CLS] embedding of 256-px patches: the pretrained teacher versus the same
+network at random initialization (the baseline, measured in the same run).  Also on a *stain-shifted*
+test set (colour jitter of the test patches only; the KNN training set keeps the original colours),
+where colour alone no longer identifies the tissue.
+
+Stage 2: a ``cpu-tiny`` DINO run of the ViT4K on the stage-1 feature grids of the book's unlabelled
+pretraining cohort (timed), then the KNN accuracy (k = 5) of a region-level property of the ``context``
+cohort — is the region *informative* (lymphocytes touching tumour) — from (a) mean-pooled stage-1 patch
+features (the bag-of-patches baseline), (b) a random-init ViT4K, (c) the pretrained ViT4K.  Train/test
+regions come from different slides.
+
+Usage::
+
+    python benchmarks/bench_dino_knn.py            # both stages, cpu-tiny
+    python benchmarks/bench_dino_knn.py --stage 1 --quick
+
+Writes ``benchmarks/results/dino_knn.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hipt.pretrain import make_config, train  # noqa: E402
+from hipt.pretrain.evaluate import embed_grids, embed_patches, knn_accuracy  # noqa: E402
+from hipt.pretrain.trainer import build_backbone  # noqa: E402
+
+
+def stain_shift(images: np.ndarray, seed: int = 0, strength: float = 0.3) -> np.ndarray:
+    """Colour-jittered copies (brightness/contrast/saturation ``strength``, hue 0.1) of uint8 patches."""
+    from torchvision.transforms import v2
+
+    from hipt.pretrain.augment import _seeded
+
+    jitter = v2.ColorJitter(strength, strength, strength, 0.1)
+    out = np.empty_like(images)
+    for i, im in enumerate(images):
+        with _seeded(seed * 1_000_003 + i):
+            out[i] = jitter(torch.from_numpy(im).permute(2, 0, 1)).permute(1, 2, 0).numpy()
+    return out
+
+
+def stage1(args, out_dir: Path) -> list[dict]:
+    from hipt.phantom import phantom_patches
+
+    overrides = json.loads(args.overrides) if args.overrides else {}
+    cfg = make_config(1, "cpu-tiny", out_dir=str(out_dir / "stage1"), progress=not args.no_progress, **overrides)
+    t0 = time.time()
+    result = train(cfg)
+    train_s = time.time() - t0
+    print(f"stage 1: {len(result.log)} steps in {train_s:.0f} s; loss {result.log[0]['loss']:.3f} → "
+          f"{result.log[-1]['loss']:.3f}", flush=True)
+    n = args.n_eval
+    x_tr, y_tr = phantom_patches(n, seed=101, size=256)
+    x_te, y_te = phantom_patches(n, seed=102, size=256)
+    x_sh = stain_shift(x_te, seed=103)
+    torch.manual_seed(cfg.seed)
+    models = {"random init": build_backbone(cfg, drop_path_rate=0.0).eval(), "DINO": result.teacher}
+    rows = []
+    for name, model in models.items():
+        f_tr = embed_patches(model, x_tr, cfg.normalization)
+        f_te = embed_patches(model, x_te, cfg.normalization)
+        f_sh = embed_patches(model, x_sh, cfg.normalization)
+        rows.append({
+            "stage": 1, "model": f"ViT256 tiny, {name}", "task": "tissue type (5 classes)", "k": 20,
+            "knn_acc": round(knn_accuracy(f_tr, y_tr, f_te, y_te, k=20), 4),
+            "knn_acc_stain_shift": round(knn_accuracy(f_tr, y_tr, f_sh, y_te, k=20), 4),
+            "train_steps": len(result.log), "train_s": round(train_s, 1),
+        })
+        print(rows[-1], flush=True)
+    return rows
+
+
+def stage2(args, out_dir: Path) -> list[dict]:
+    from hipt import zoo
+    from hipt.phantom import make_cohort
+    from hipt.pretrain.export import region_grids, region_truth
+
+    overrides = json.loads(args.overrides2) if args.overrides2 else {}
+    feats = zoo.pretraining_features("cpu", progress=not args.no_progress)
+    cfg = make_config(2, "cpu-tiny", data=str(feats), out_dir=str(out_dir / "stage2"),
+                      progress=not args.no_progress, **overrides)
+    t0 = time.time()
+    result = train(cfg)
+    train_s = time.time() - t0
+    print(f"stage 2: {len(result.log)} steps in {train_s:.0f} s; loss {result.log[0]['loss']:.3f} → "
+          f"{result.log[-1]['loss']:.3f}", flush=True)
+
+    ctx_dir = zoo.cohort_features("context", "cpu", progress=not args.no_progress)
+    p = zoo.get_preset("cpu")
+    table = make_cohort("context", n_slides=p.n_slides, regions_per_slide=p.regions_per_slide,
+                        region_size=p.region_size, progress=False).table
+    regions = region_truth(ctx_dir, table)
+    regions = regions[regions["informative"].notna()].reset_index(drop=True)
+    grids = region_grids(ctx_dir, regions)  # [M, D, H, W]
+    slide_order = {s: i for i, s in enumerate(dict.fromkeys(regions["slide_id"]))}
+    train_mask = np.array([slide_order[s] % 2 == 0 for s in regions["slide_id"]])
+    y = regions["informative"].astype(int).to_numpy()
+    torch.manual_seed(cfg.seed)
+    feats_by_model = {
+        "mean-pooled stage-1 patch features": grids.mean(axis=(2, 3)),
+        "ViT4K tiny, random init": embed_grids(build_backbone(cfg, drop_path_rate=0.0), grids),
+        "ViT4K tiny, DINO": embed_grids(result.teacher, grids),
+    }
+    rows = []
+    for name, f in feats_by_model.items():
+        rows.append({
+            "stage": 2, "model": name, "task": "region informative (2 classes)", "k": 5,
+            "knn_acc": round(knn_accuracy(f[train_mask], y[train_mask], f[~train_mask], y[~train_mask], k=5), 4),
+            "knn_acc_stain_shift": "n/a", "train_steps": len(result.log), "train_s": round(train_s, 1),
+        })
+        print(rows[-1], flush=True)
+    print(f"(regions: {train_mask.sum()} train / {(~train_mask).sum()} test, "
+          f"{y.mean():.0%} informative)", flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stage", choices=("1", "2", "both"), default="both")
+    ap.add_argument("--quick", action="store_true", help="fewer evaluation patches (200 per split)")
+    ap.add_argument("--n-eval", type=int, default=400, help="KNN train and test patches (each)")
+    ap.add_argument("--overrides", default="", help="JSON of stage-1 PretrainConfig overrides")
+    ap.add_argument("--overrides2", default="", help="JSON of stage-2 PretrainConfig overrides")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--out", default=None, help="run folder (default: a temporary folder)")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/dino_knn.json")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.n_eval = 200
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    print(f"machine: {machine}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = Path(args.out) if args.out else Path(tmp)
+        rows = []
+        if args.stage in ("1", "both"):
+            rows += stage1(args, out_dir)
+        if args.stage in ("2", "both"):
+            rows += stage2(args, out_dir)
+    print()
+    for r in rows:
+        print(f"stage {r['stage']}  {r['model']:<40} {r['task']:<32} knn {r['knn_acc']:.3f}"
+              + (f"  stain-shift {r['knn_acc_stain_shift']:.3f}" if r["knn_acc_stain_shift"] != "n/a" else ""))
+    if not args.no_write:
+        from hipt.reproduce import write_benchmark_result
+
+        write_benchmark_result(
+            "dino_knn", rows, title="KNN accuracy before/after DINO pretraining (phantom data)",
+            notes="cpu-tiny presets; stage 1: tissue type of held-out 256-px phantom patches (k=20, cosine), "
+                  "stain shift = colour-jittered test set; stage 2: informative regions of the context cohort "
+                  "(k=5, train/test by slide)",
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
