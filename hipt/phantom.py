@@ -60,7 +60,8 @@ __all__ = [
     "TISSUES", "BACKGROUND", "TUMOUR", "STROMA", "LYMPHOCYTES", "ADIPOSE", "CELL", "MPP",
     "COHORT_KINDS", "render_patch", "phantom_patches", "TextureBank", "texture_bank",
     "PhantomTruth", "PhantomSlide", "make_slide", "load_truth", "truth_path", "random_layout",
-    "context_region", "composition_region", "tile_regions", "Cohort", "make_cohort", "cohort_dir",
+    "context_region", "context_counts", "composition_region", "touches", "tile_regions", "Cohort", "make_cohort",
+    "cohort_dir", "COMPOSITION_CLASSES", "CONTEXT_CLASSES", "SURVIVAL_CLASSES",
     "add_arguments", "run",
 ]
 
@@ -127,6 +128,14 @@ def _compose_od(h: np.ndarray, e: np.ndarray, blur: float = 0.6) -> np.ndarray:
         h = ndi.gaussian_filter(h, blur)
         e = ndi.gaussian_filter(e, blur)
     return h[..., None] * _H_OD + e[..., None] * _E_OD + _GLASS_OD
+
+
+def _label_borders(labels: np.ndarray) -> np.ndarray:
+    """bool [H, W]: pixels whose right or lower neighbour has another label (1-px cell borders)."""
+    border = np.zeros(labels.shape, bool)
+    border[:-1] |= labels[:-1] != labels[1:]
+    border[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    return border
 
 
 def _hex_points(rng: np.random.Generator, size: int, spacing: float, jitter: float, margin: float) -> np.ndarray:
@@ -204,12 +213,10 @@ def _stamp_nuclei(
     wx = (ix[:, None] + np.arange(k)[None, :])[:, None, :]
     ok = ((wy >= 0) & (wy < size_y + 2 * half) & (wx >= 0) & (wx < size_x + 2 * half))
     flat = (wy * (size_x + 2 * half) + wx)[ok]
-    shape_p = (size_y + 2 * half, size_x + 2 * half)
     hp, ep, mp = np.pad(h, half), np.pad(e, half), np.pad(mask, half)
     np.maximum.at(hp.reshape(-1), flat, (alpha * val)[ok])
     np.multiply.at(ep.reshape(-1), flat, (1.0 - 0.55 * alpha)[ok])
     np.logical_or.at(mp.reshape(-1), flat, inside[ok])
-    assert hp.shape == shape_p
     h[:] = hp[half:-half, half:-half]
     e[:] = ep[half:-half, half:-half]
     mask[:] = mp[half:-half, half:-half]
@@ -241,9 +248,7 @@ def _render_tumour(size: int, rng: np.random.Generator):
     grid[iy, ix] = True
     _, (ny, nx) = ndi.distance_transform_edt(~grid, return_indices=True)
     cell_id = labels[ny, nx]
-    border = np.zeros((size, size), bool)
-    border[:-1] |= cell_id[:-1] != cell_id[1:]
-    border[:, :-1] |= cell_id[:, :-1] != cell_id[:, 1:]
+    border = _label_borders(cell_id)
     e = e + 0.22 * border
     h = h - 0.10 * border
     shade = rng.normal(0, 0.06, n + 1).astype(np.float32)  # per-cell cytoplasm shade
@@ -337,11 +342,7 @@ def _render_adipose(size: int, rng: np.random.Generator):
     wy = yy + warp * _smooth_noise(rng, (size, size), 18)
     wx = xx + warp * _smooth_noise(rng, (size, size), 18)
     d = (wy[None] - seeds[:, 0, None, None]) ** 2 + (wx[None] - seeds[:, 1, None, None]) ** 2
-    cell_id = np.argmin(d, 0)
-    border = np.zeros((size, size), bool)
-    border[:-1] |= cell_id[:-1] != cell_id[1:]
-    border[:, :-1] |= cell_id[:, :-1] != cell_id[:, 1:]
-    border = ndi.binary_dilation(border, iterations=1)
+    border = ndi.binary_dilation(_label_borders(np.argmin(d, 0)), iterations=1)
     e = 0.012 + 0.6 * border * (1 + 0.25 * _smooth_noise(rng, (size, size), 3))
     h = 0.04 * border
     h = h.astype(np.float32)
@@ -480,7 +481,8 @@ class PhantomTruth:
         mpp: µm per level-0 pixel.
         cell: cell side in level-0 pixels.
         seed: the slide seed; ``bank_seed``/``n_variants`` name the texture bank.
-        variant, transform: [R, C] which bank tile and which of the 8 flips/rotations each cell shows.
+        variant, transform: [R, C] which bank tile and which of the 8 flips/rotations each cell shows
+            (zeros when not given).
         stain: [3] per-channel stain jitter of this slide: exponents ``k`` of ``255·(I/255)**k``, i.e.
             multipliers of the optical density, so glass stays white.
         regions: [K, 4] int64 level-0 boxes ``(x, y, w, h)`` of the slide's regions (cohorts; may be empty).
@@ -501,6 +503,13 @@ class PhantomTruth:
     regions: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
     informative: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.layout = np.asarray(self.layout, np.int8)
+        if self.variant is None:
+            self.variant = np.zeros(self.layout.shape, np.int64)
+        if self.transform is None:
+            self.transform = np.zeros(self.layout.shape, np.int64)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -544,6 +553,7 @@ class PhantomTruth:
         return [self.layout[y // c:(y + h) // c, x // c:(x + w) // c] for x, y, w, h in self.regions]
 
     def save(self, path: str | Path) -> Path:
+        """Write the truth to ``path`` (compressed ``.npz``, atomically); :func:`load_truth` reads it."""
         arrays = dict(
             layout=self.layout.astype(np.int8), tissue_names=np.array(self.tissue_names), mpp=np.float64(self.mpp),
             cell=np.int64(self.cell), seed=np.int64(self.seed), bank_seed=np.int64(self.bank_seed),

@@ -267,3 +267,22 @@ def test_cli_slide(tmp_path, capsys):
     assert main(["phantom", "slide", str(out), "--size", "2048", "--seed", "1"]) == 0
     assert out.is_file() and P.truth_path(out).is_file()
     assert "2048x2048" in capsys.readouterr().out
+
+
+def test_cli_cohort(tmp_path, capsys):
+    from hipt.cli import main
+
+    out = tmp_path / "coh"
+    args = ["phantom", "cohort", "--kind", "composition2", "--out", str(out), "--n-slides", "2",
+            "--regions-per-slide", "1", "--region-size", "1024", "--seed", "3"]
+    assert main(args) == 0
+    t = pd.read_csv(out / "table.csv")
+    assert len(t) == 2 and set(t["label_name"]) <= {"tumour_rich", "stroma_rich"}
+    assert "2 slides" in capsys.readouterr().out
+
+
+def test_cli_slide_needs_a_path(capsys):
+    from hipt.cli import main
+
+    assert main(["phantom", "slide"]) == 1
+    assert "give the output path" in capsys.readouterr().err
