@@ -83,7 +83,7 @@ def test_table2_cindex(tmp_path):
     for task, v in vals.items():
         for k, c in enumerate(v):
             records.append({"task": task, "method": "hipt", "fraction": 1.0, "fold": k, "split": "val",
-                            "metric": "cindex", "value": c})
+                            "metric": "c_index", "value": c})
     (tmp_path / "surv.json").write_text(json.dumps({"records": records}))
     t = table2(tmp_path)
     assert list(t.wide.columns) == ["BRCA", "LUAD"]
@@ -111,3 +111,30 @@ def test_paper_numbers_structure():
     assert PAPER_TABLE1["hipt"]["tcga_kidney_subtype"][1.0] == (0.980, 0.013)
     assert PAPER_TABLE1["knn_vit4k_mean"]["tcga_lung_subtype"] == {0.25: (0.773, None), 1.0: (0.889, None)}
     assert PAPER_TABLE1["hipt_scratch"]["tcga_kidney_subtype"][0.25] is None
+
+
+def test_write_tables_from_training_loop_layout(tmp_path):
+    """Nested folders as hipt.tasks.train writes them (records + per-slide predictions), KNN flat files."""
+    from hipt.tasks.tables import write_tables
+
+    runs = [tmp_path / "run_a", tmp_path / "run_b"]
+    for k in range(3):
+        d = runs[0] / "tcga_lung_subtype" / "hipt" / "100pct"
+        d.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame([{"task": "tcga_lung_subtype", "method": "hipt", "fraction": 1.0, "fold": k, "split": s,
+                       "metric": "auc", "value": 0.9 + 0.01 * k} for s in ("val", "test")]).to_csv(
+            d / f"fold{k}.results.csv", index=False)
+        pd.DataFrame({"id": ["a"], "label": [1], "prob_0": [0.2], "prob_1": [0.8], "split": ["test"],
+                      "task": ["tcga_lung_subtype"], "method": ["hipt"], "fraction": [1.0], "fold": [k]}).to_csv(
+            d / f"fold{k}.predictions.csv", index=False)
+        write_fold_results(runs[1], "tcga_luad_survival", "hipt", 1.0, k, {"val": {"c_index": 0.5 + 0.05 * k}})
+    written = write_tables(runs, tmp_path / "tables")
+    assert sorted(p.name for p in written) == ["table1.csv", "table1.md", "table2.csv", "table2.md"]
+    t1 = pd.read_csv(tmp_path / "tables" / "table1.csv")
+    ours = t1.query("source == 'ours'").iloc[0]
+    assert ours["mean"] == pytest.approx(0.91) and ours["n_folds"] == 3
+    assert "0.550 ± 0.041" in (tmp_path / "tables" / "table2.md").read_text()
+    # the spelling 'cindex' reads as 'c_index'
+    write_fold_results(tmp_path / "alias", "t", "m", 1.0, 0, {"val": {"cindex": 0.7}})
+    assert collect_results(tmp_path / "alias").metric.tolist() == ["c_index"]
+    assert table2(tmp_path / "alias", include_paper=False).wide.iloc[0, 0] == "0.700"

@@ -295,3 +295,11 @@ def test_read_table_plain_csv_and_nested_zip(tmp_path):
     with zipfile.ZipFile(tmp_path / "outer.zip", "w") as z:
         z.writestr("../inner.zip", inner.getvalue())
     assert read_table(tmp_path / "outer.zip").slide_id.tolist() == ["s1.svs"]
+
+
+def test_own_table_name_and_splits_without_val(tmp_path):
+    table = _phantom_table(20)
+    table.to_csv(tmp_path / "table.csv", index=False)
+    make_splits(table, n_folds=2, seed=0, out_dir=tmp_path / "s", val_frac=0.0, test_frac=0.3)
+    task = load_task(tmp_path / "table.csv", splits_dir=tmp_path / "s", name="phantom_context")
+    assert task.name == "phantom_context" and task.splits[0].val == () and len(task.splits[0].test) == 6

@@ -15,7 +15,7 @@ method      str     method name (``hipt``, ``abmil``, ``knn_vit4k_mean``, …; s
 fraction    float   training fraction (``0.25`` or ``1.0``)
 fold        int     fold index (0-based)
 split       str     ``train``, ``val`` or ``test``
-metric      str     ``auc``, ``acc``, ``cindex``, ``loss``, …
+metric      str     ``auc``, ``acc``, ``c_index``, ``loss``, … (``cindex`` is read as ``c_index``)
 value       float   the metric's value
 =========== ======= ===========================================================================
 
@@ -53,6 +53,7 @@ from hipt.metrics import mean_std
 
 __all__ = [
     "RECORD_COLUMNS",
+    "METRIC_ALIASES",
     "METHOD_LABELS",
     "TASK_LABELS",
     "PAPER_TABLE1",
@@ -70,6 +71,8 @@ log = logging.getLogger("hipt.tasks")
 
 RECORD_COLUMNS = ("task", "method", "fraction", "fold", "split", "metric", "value")
 _KEY = list(RECORD_COLUMNS[:-1])
+#: other spellings of metric names, normalized when records are read
+METRIC_ALIASES = {"cindex": "c_index", "c-index": "c_index", "concordance": "c_index", "roc_auc": "auc"}
 
 #: Display names of the methods (unknown names are shown as they are).
 METHOD_LABELS: dict[str, str] = {
@@ -204,6 +207,7 @@ def _read_record_file(path: Path) -> pd.DataFrame | None:
         df["value"] = pd.to_numeric(df["value"], errors="raise").astype(float)
     except (ValueError, TypeError) as e:
         raise InputFileError(path, f"bad record values ({e})") from None
+    df["metric"] = df["metric"].astype(str).replace(METRIC_ALIASES)
     df["source"] = str(path)
     return df
 
@@ -216,7 +220,7 @@ def collect_results(results: str | Path | pd.DataFrame | Iterable[str | Path]) -
     files hold the same (task, method, fraction, fold, split, metric).
     """
     if isinstance(results, pd.DataFrame):
-        return results
+        return results.assign(metric=results["metric"].astype(str).replace(METRIC_ALIASES))
     files: list[Path] = []
     for item in [results] if isinstance(results, (str, Path)) else results:
         p = Path(item)
@@ -243,13 +247,16 @@ def collect_results(results: str | Path | pd.DataFrame | Iterable[str | Path]) -
 def summarize(results, split: str, metric: str, ddof: int = 0) -> pd.DataFrame:
     """Mean ± std over folds per (task, method, fraction) of one split's metric.
 
-    Returns columns ``task, method, fraction, mean, std, n_folds``.
+    Returns columns ``task, method, fraction, mean, std, n_folds`` (``std`` is NaN for a single fold).
     """
     df = collect_results(results)
+    metric = METRIC_ALIASES.get(metric, metric)
     df = df[(df["split"] == split) & (df["metric"] == metric)]
     rows = []
     for (task, method, fraction), g in df.groupby(["task", "method", "fraction"], sort=False):
         m, s = mean_std(g["value"], ddof=ddof)
+        if g["fold"].nunique() < 2:
+            s = float("nan")  # one fold: no spread to report
         rows.append({"task": task, "method": method, "fraction": float(fraction), "mean": m, "std": s,
                      "n_folds": int(g["fold"].nunique())})
     return pd.DataFrame(rows, columns=["task", "method", "fraction", "mean", "std", "n_folds"])
@@ -395,7 +402,7 @@ def table2(
     tasks: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
     split: str = "val",
-    metric: str = "cindex",
+    metric: str = "c_index",
     fraction: float = 1.0,
     include_paper: bool = True,
     digits: int = 3,
@@ -419,13 +426,13 @@ def write_tables(results, out_dir: str | Path) -> list[Path]:
     """Assemble every table the records allow and write them as CSV + Markdown into ``out_dir``.
 
     ``table1`` from the ``test``/``auc`` records (MIL methods and KNN rows), ``table2`` from the
-    ``val``/``cindex`` records; a table without records is not written.  Returns the files written.
+    ``val``/``c_index`` records; a table without records is not written.  Returns the files written.
     """
     df = collect_results(results)
     written: list[Path] = []
     if ((df["split"] == "test") & (df["metric"] == "auc")).any():
         fractions = sorted(set(df.loc[(df["split"] == "test") & (df["metric"] == "auc"), "fraction"]))
         written += table1(df, fractions=fractions).save(out_dir, "table1")
-    if ((df["split"] == "val") & (df["metric"] == "cindex")).any():
+    if ((df["split"] == "val") & (df["metric"] == "c_index")).any():
         written += table2(df).save(out_dir, "table2")
     return written
