@@ -331,3 +331,30 @@ def test_slide_patches_read_from_hipt_patch_regions(tmp_path):
     small = SlidePatches([tmp_path / "patch" / "coords" / "s.h5"], patch_size=128, transform=PatchMultiCrop(32, 16, 2))
     assert len(small) == 16 * len(rc) and small.load(5).shape == (128, 128, 3)
     assert len(small[(5, 1)]) == 4
+
+
+def test_region_truth_matches_feature_coords_to_phantom_regions(tmp_path):
+    import h5py
+
+    from hipt.phantom import load_truth, make_cohort
+    from hipt.pretrain.export import region_grids, region_truth
+
+    cohort = make_cohort("context", tmp_path / "cohort", n_slides=2, regions_per_slide=2, region_size=1024,
+                         n_variants=1, progress=False)
+    feats_dir = tmp_path / "feats"
+    feats_dir.mkdir()
+    expected = []
+    for sid, path in zip(cohort.table["slide_id"], cohort.table["path"]):
+        truth = load_truth(path)
+        coords = np.vstack([truth.regions[::-1, :2], [[10**6, 10**6]]])  # reversed, plus a non-truth region
+        with h5py.File(feats_dir / f"{sid}.h5", "w") as f:
+            f["coords"] = coords
+            f["feats256"] = np.random.default_rng(0).standard_normal((len(coords), 16, 3)).astype(np.float32)
+        expected += [bool(v) for v in truth.informative[::-1]] + [None]
+    regions = region_truth(feats_dir, cohort.table)
+    assert len(regions) == len(expected)
+    got = [None if v != v else bool(v) for v in regions["informative"]]  # NaN -> None
+    assert got == expected
+    assert set(regions["label"]) <= {0, 1}
+    grids = region_grids(feats_dir, regions.iloc[:2])
+    assert grids.shape == (2, 3, 4, 4)

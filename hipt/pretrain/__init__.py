@@ -10,8 +10,8 @@ machinery:
 - :mod:`~hipt.pretrain.schedules` LR / weight decay / momentum / teacher temperature schedules
 - :mod:`~hipt.pretrain.data`      streaming datasets and the resumable, shardable sampler
 - :mod:`~hipt.pretrain.trainer`   :class:`PretrainConfig`, presets, :func:`train`, ``hipt pretrain``
-- :mod:`~hipt.pretrain.export`    train-or-load (:func:`pretrained`) and checkpoint loading
-- :mod:`~hipt.pretrain.evaluate`  KNN probes used to show that pretraining learns
+- ``hipt.pretrain.export``    train-or-load (``pretrained``) and checkpoint loading
+- ``hipt.pretrain.evaluate``  KNN probes used to show that pretraining learns
 """
 
 from __future__ import annotations

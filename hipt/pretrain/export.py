@@ -4,7 +4,7 @@ data that stage 2 needs.
 A training run writes ``checkpoint.pth`` in the released DINO format (``teacher``/``student`` with
 ``backbone.*``/``head.*`` keys, ``args``, ...), which :func:`hipt.models.weights.load_backbone` and
 ``hipt.models.vit256_small(weights=...)`` / ``vit4k_xs(weights=...)`` read directly.  At the end,
-:func:`pretrained` also writes a slim ``teacher.pth`` (backbone only, with its architecture:
+``pretrained`` also writes a slim ``teacher.pth`` (backbone only, with its architecture:
 :func:`hipt.models.weights.save_backbone`), which :func:`hipt.models.weights.load_model` rebuilds, tiny
 variants included.
 """
@@ -27,7 +27,7 @@ TEACHER_NAME = "teacher.pth"
 def model_dir(config: PretrainConfig, tag: str | None = None) -> Path:
     """The cache folder of a configuration: ``<cache>/models/stage<s>-<cpu|paper>[-<tag>]-<hash>``.
 
-    The same folder :mod:`hipt.zoo` uses, so the book's chapters share one trained model per setting.
+    The same folder ``hipt.zoo`` uses, so the book's chapters share one trained model per setting.
     For stage 2 on the default phantom data the hash leaves out ``data`` (a cache path).
     """
     key = config.replace(data="") if config.stage == 2 and config.data == "phantom" else config
@@ -73,7 +73,7 @@ def pretrained(
 
     Args:
         stage: 1 (ViT256 on phantom patches by default) or 2 (ViT4K on feature grids: by default the
-            stage-1 features of the book's unlabelled phantom cohort, :func:`hipt.zoo.pretraining_features`).
+            stage-1 features of the book's unlabelled phantom cohort, ``hipt.zoo.pretraining_features``).
         preset: ``"cpu-tiny"`` (minutes on a CPU) or ``"paper"``.
         force: retrain even if cached.
         dataset: train on this dataset instead of ``config.data`` (then name it with ``tag``: the cache
@@ -142,7 +142,7 @@ def region_truth(features_dir: str | Path, table) -> "pd.DataFrame":  # noqa: F8
 
 
 def region_grids(features_dir: str | Path, regions) -> np.ndarray:
-    """``[M, D, H, W]`` float32 feature grids of the rows of :func:`region_truth`'s table."""
+    """``[M, D, H, W]`` float32 feature grids of the rows of ``region_truth``'s table."""
     from hipt.features import load_features
     from hipt.pretrain.augment import tokens_to_grid
 
