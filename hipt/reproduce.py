@@ -363,6 +363,15 @@ def is_finished(run_dir: Path) -> bool:
     return record is not None and record.get("status") == OK
 
 
+def _checkout_or_cwd() -> Path:
+    root = project_root()
+    return root if root is not None else Path.cwd()
+
+
+def _benchmark_results_dir() -> Path:
+    return _checkout_or_cwd() / "benchmarks" / "results"
+
+
 def machine_summary(machine: dict | None = None) -> str:
     """One line naming a machine, e.g. ``"Intel Xeon … (2 cores, 23.4 GiB), no GPU, torch 2.x"``."""
     m = machine if machine is not None else hardware()
@@ -383,8 +392,7 @@ def write_benchmark_result(name: str, rows: Sequence[dict], *, title: str | None
 
     ``rows`` are flat dicts with the same keys (one table row each; numbers or strings).
     """
-    root = project_root()
-    dest_dir = Path(folder) if folder is not None else (root if root is not None else Path.cwd()) / "benchmarks" / "results"
+    dest_dir = Path(folder) if folder is not None else _benchmark_results_dir()
     machine = hardware()
     machine.pop("hostname", None)
     record = {
@@ -404,8 +412,7 @@ def write_benchmark_result(name: str, rows: Sequence[dict], *, title: str | None
 
 def read_benchmark_results(folder: str | Path | None = None) -> list[dict[str, Any]]:
     """Every ``benchmarks/results/*.json`` record, sorted by name; malformed files raise ``InputFileError``."""
-    root = project_root()
-    folder = Path(folder) if folder is not None else (root if root is not None else Path.cwd()) / "benchmarks" / "results"
+    folder = Path(folder) if folder is not None else _benchmark_results_dir()
     records = []
     for p in sorted(Path(folder).glob("*.json")):
         try:
@@ -585,8 +592,7 @@ def _parse_param(text: str) -> tuple[str, Any]:
 
 def default_out_dir() -> Path:
     """``outputs/reproduce`` in the checkout (git-ignored), else in the current folder."""
-    root = project_root()
-    return (root if root is not None else Path.cwd()) / "outputs" / "reproduce"
+    return _checkout_or_cwd() / "outputs" / "reproduce"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
