@@ -87,6 +87,26 @@ def test_parameters_cell(page):
     assert code.index(tagged[0]) <= 1, f"{page.name}: the parameters cell must be the first cell after setup"
 
 
+def _parameter_names(page: Path) -> set[str]:
+    nb = _read_notebook(page)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", []))
+    return {t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
+            for t in node.targets if isinstance(t, ast.Name)}
+
+
+RESULTS_CHAPTERS = [ROOT / "book" / f"{name}.md" for name in ("06_finetuning", "07_survival", "08_knn")]
+
+
+@pytest.mark.parametrize("page", RESULTS_CHAPTERS, ids=_ids(RESULTS_CHAPTERS))
+def test_results_chapters_take_the_reproduce_parameters(page):
+    """The chapters ``hipt reproduce`` runs declare the parameters it injects (see hipt.reproduce)."""
+    from hipt.reproduce import GRID_AXES, QUICK_CHAPTERS, TARGETS
+
+    assert {p.stem for p in RESULTS_CHAPTERS} == set(QUICK_CHAPTERS) == {t.chapter for t in TARGETS.values()}
+    missing = {"preset", "results_dir", *GRID_AXES} - _parameter_names(page)
+    assert not missing, f"{page.name}: the parameters cell does not define {sorted(missing)}"
+
+
 @pytest.mark.parametrize("page", CHAPTERS + CODE_APPENDICES, ids=_ids(CHAPTERS + CODE_APPENDICES))
 def test_colab_badge_and_setup_cell(page):
     nb = _read_notebook(page)
