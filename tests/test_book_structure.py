@@ -236,3 +236,37 @@ def test_each_script_once_per_page():
     ext._dedupe_scripts(None, "page", "page.html", context, None)
     assert [(s.filename, s.attributes) for s in context["script_files"]] == [
         ("_static/a.js", {}), (None, thebe), ("_static/a.js", {"defer": "defer"})]
+
+
+@pytest.mark.slow
+def test_api_reference_builds_clean(tmp_path):
+    """The API appendix alone, with the book's autodoc settings, nitpicky: no warning at all.
+
+    Catches docstrings that are not valid reStructuredText and broken ``hipt.*`` references without
+    executing the book (``make book`` checks the same, and more, in minutes).
+    """
+    import io
+
+    import yaml
+    from sphinx.application import Sphinx
+    from sphinx.util.console import nocolor
+
+    nocolor()
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"]
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "index.md").write_text((ROOT / "book" / "appendix_api.md").read_text(encoding="utf-8"), encoding="utf-8")
+    (src / "conf.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'tools')!r})\n"
+        "extensions = ['myst_parser', 'sphinx.ext.autodoc', 'sphinx.ext.napoleon', 'sphinx_hipt']\n"
+        "myst_enable_extensions = ['dollarmath']\n"
+        "suppress_warnings = ['myst.header']\n"
+        + "".join(f"{k} = {v!r}\n" for k, v in config["config"].items()
+                  if k.startswith(("autodoc_", "napoleon_", "nitpick_")))
+    )
+    warnings = io.StringIO()
+    app = Sphinx(str(src), str(src), str(tmp_path / "out"), str(tmp_path / "doctrees"), "dummy",
+                 status=None, warning=warnings, freshenv=True, confoverrides={"nitpicky": True})
+    app.build(force_all=True)
+    assert warnings.getvalue() == "", "the API reference has warnings:\n" + warnings.getvalue()
