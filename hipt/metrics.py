@@ -40,13 +40,12 @@ def auc(labels: Any, probs: Any) -> float:
             (softmax outputs; any scores work, since only their order matters).
 
     Returns:
-        - binary (``[N]`` or ``[N, 2]``): ``sklearn.metrics.roc_auc_score(labels, p[:, 1])``;
-        - ``C > 2``: the macro average of the one-vs-rest AUCs ``roc_auc_score(labels == c, p[:, c])``,
-          which equals ``roc_auc_score(labels, p, multi_class="ovr", average="macro")``.  A class
-          absent from ``labels`` is skipped (``nanmean``, as the reference's ``summary`` does;
-          scikit-learn would raise instead).
-        - ``nan`` (with a :class:`RuntimeWarning`) when the AUC is undefined: fewer than two classes
-          present in ``labels``.
+        Binary (``[N]`` or ``[N, 2]``): ``sklearn.metrics.roc_auc_score(labels, p[:, 1])``.
+        ``C > 2``: the macro average of the one-vs-rest AUCs ``roc_auc_score(labels == c, p[:, c])``,
+        which equals ``roc_auc_score(labels, p, multi_class="ovr", average="macro")``; a class absent
+        from ``labels`` is skipped (``nanmean``, as the reference's ``summary`` does; scikit-learn
+        would raise instead).  ``nan`` (with a :class:`RuntimeWarning`) when the AUC is undefined:
+        fewer than two classes present in ``labels``.
     """
     from sklearn.metrics import roc_auc_score
 

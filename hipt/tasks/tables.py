@@ -69,9 +69,10 @@ __all__ = [
 
 log = logging.getLogger("hipt.tasks")
 
+#: The columns every per-fold record has (see the module docstring); extra columns are kept.
 RECORD_COLUMNS = ("task", "method", "fraction", "fold", "split", "metric", "value")
 _KEY = list(RECORD_COLUMNS[:-1])
-#: other spellings of metric names, normalized when records are read
+#: Other spellings of metric names, normalized when records are read.
 METRIC_ALIASES = {"cindex": "c_index", "c-index": "c_index", "concordance": "c_index", "roc_auc": "auc"}
 
 #: Display names of the methods (unknown names are shown as they are).
