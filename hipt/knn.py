@@ -277,13 +277,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a registered task name (e.g. tcga_lung_subtype: files fetched) or a task table CSV")
     parser.add_argument("--splits", type=Path, default=None,
                         help="folder of splits_{k}.csv (needed for your own table; overrides a registered task's)")
-    parser.add_argument("--label-col", default=None, help="label column of your own table (default: label)")
+    parser.add_argument("--label-col", default=None, help="label column of your own table (None: 'label')")
     parser.add_argument("--levels", nargs="+", default=["vit4k", "vit256"], choices=list(LEVELS),
                         help="embeddings: vit4k = mean region [CLS] (feats4k), vit256 = mean patch [CLS] (feats256)")
     parser.add_argument("--k", type=int, default=5, help="neighbours (the reference: scikit-learn's default 5)")
     parser.add_argument("--metric", default="euclidean", help="distance (scikit-learn name)")
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.25, 1.0], help="training fractions")
-    parser.add_argument("--folds", nargs="+", type=int, default=None, help="folds to run (default: all)")
+    parser.add_argument("--folds", nargs="+", type=int, default=None, help="folds to run (None: all)")
     parser.add_argument("--reference-bug-frac", type=float, default=None,
                         help="sample this fraction for every fraction < 1, as the reference's KNN did (0.1)")
     parser.add_argument("--allow-missing", action="store_true", help="skip slides without a feature file")
