@@ -303,3 +303,14 @@ def test_own_table_name_and_splits_without_val(tmp_path):
     make_splits(table, n_folds=2, seed=0, out_dir=tmp_path / "s", val_frac=0.0, test_frac=0.3)
     task = load_task(tmp_path / "table.csv", splits_dir=tmp_path / "s", name="phantom_context")
     assert task.name == "phantom_context" and task.splits[0].val == () and len(task.splits[0].test) == 6
+
+
+def test_integer_labels_with_names_and_gaps(tmp_path):
+    df = pd.DataFrame({"slide_id": list("abcd"), "label": [0, 2, 2, 0], "label_name": ["x", "z", "z", "x"]})
+    df.to_csv(tmp_path / "t.csv", index=False)
+    write_split_file(Split(0, ("a", "b"), ("c",), ("d",)), tmp_path / "s" / "splits_0.csv")
+    task = load_task(tmp_path / "t.csv", splits_dir=tmp_path / "s")
+    assert task.class_names == ["x", "1", "z"] and task.table.label.tolist() == [0, 2, 2, 0]
+    pd.DataFrame({"slide_id": ["a"], "label": [None]}).to_csv(tmp_path / "e.csv", index=False)
+    with pytest.raises(InputFileError, match="e.csv: column 'label' holds no label"):
+        load_task(tmp_path / "e.csv", splits_dir=tmp_path / "s")

@@ -325,23 +325,20 @@ def _subtype_table(df: pd.DataFrame, path: Path | None, label_col: str, label_ma
     df["slide_id"] = _slide_stems(df, path)
     if "case_id" not in df.columns:
         df["case_id"] = df["slide_id"]
-    if label_map is None:
-        values = df[label_col]
-        if pd.api.types.is_integer_dtype(values) or (
-            pd.api.types.is_numeric_dtype(values) and np.all(np.mod(values.dropna(), 1) == 0)
-        ):
-            codes = sorted(int(v) for v in values.dropna().unique())
-            names = {}
-            if "label_name" in df.columns:
-                names = dict(zip(df[label_col].astype(int), df["label_name"].astype(str)))
-            label_map = {names.get(c, str(c)): c for c in codes}
-            df["label_name"] = df[label_col].map(lambda v: names.get(int(v), str(int(v))) if pd.notna(v) else v)
-        else:
-            label_map = {name: i for i, name in enumerate(sorted(values.dropna().astype(str).unique()))}
-            log.info("%s: label names mapped to classes %s", path, label_map)
-            df["label_name"] = values.astype(str)
+    values = df[label_col].dropna()
+    if values.empty:
+        raise InputFileError(path or Path("<table>"), f"column {label_col!r} holds no label")
+    if label_map is None and pd.api.types.is_numeric_dtype(values) and bool((values % 1 == 0).all()):
+        # class indices already; names from a label_name column if there is one
+        codes = values.astype(int)
+        names = dict(zip(codes, df.loc[values.index, "label_name"].astype(str))) if "label_name" in df else {}
+        label_map = {names.get(c, str(c)): c for c in range(int(codes.max()) + 1)}
+        df["label_name"] = df[label_col].map(lambda v: names.get(int(v), str(int(v))) if pd.notna(v) else None)
     else:
-        df["label_name"] = df[label_col].astype(str)
+        if label_map is None:  # class names: indices in sorted order
+            label_map = {name: i for i, name in enumerate(sorted(values.astype(str).unique()))}
+            log.info("%s: label names mapped to classes %s", path, label_map)
+        df["label_name"] = df[label_col].astype(str).where(df[label_col].notna())
     keep = df["label_name"].isin(list(label_map))
     if not keep.all():
         dropped = df.loc[~keep, "label_name"].value_counts().to_dict()
