@@ -9,7 +9,8 @@ where colour alone no longer identifies the tissue.
 
 Stage 2: a ``cpu-tiny`` DINO run of the ViT4K on the stage-1 feature grids of the book's unlabelled
 pretraining cohort (timed), then the KNN accuracy (k = 5) of a region-level property of the ``context``
-cohort — is the region *informative* (lymphocytes touching tumour) — from (a) mean-pooled stage-1 patch
+cohort — is the region *informative* (lymphocytes touching tumour); balanced accuracy, chance 0.5 —
+from (a) mean-pooled stage-1 patch
 features (the bag-of-patches baseline), (b) a random-init ViT4K, (c) the pretrained ViT4K.  Train/test
 regions come from different slides.
 
@@ -88,7 +89,6 @@ def stage1(args, out_dir: Path) -> list[dict]:
 
 def stage2(args, out_dir: Path) -> list[dict]:
     from hipt import zoo
-    from hipt.phantom import make_cohort
     from hipt.pretrain.export import region_grids, region_truth
 
     overrides = json.loads(args.overrides2) if args.overrides2 else {}
@@ -102,10 +102,7 @@ def stage2(args, out_dir: Path) -> list[dict]:
           f"{result.log[-1]['loss']:.3f}", flush=True)
 
     ctx_dir = zoo.cohort_features("context", "cpu", progress=not args.no_progress)
-    p = zoo.get_preset("cpu")
-    table = make_cohort("context", n_slides=p.n_slides, regions_per_slide=p.regions_per_slide,
-                        region_size=p.region_size, progress=False).table
-    regions = region_truth(ctx_dir, table)
+    regions = region_truth(ctx_dir, zoo.cohort("context", "cpu", progress=False).table)
     regions = regions[regions["informative"].notna()].reset_index(drop=True)
     grids = region_grids(ctx_dir, regions)  # [M, D, H, W]
     slide_order = {s: i for i, s in enumerate(dict.fromkeys(regions["slide_id"]))}
@@ -120,8 +117,9 @@ def stage2(args, out_dir: Path) -> list[dict]:
     rows = []
     for name, f in feats_by_model.items():
         rows.append({
-            "stage": 2, "model": name, "task": "region informative (2 classes)", "k": 5,
-            "knn_acc": round(knn_accuracy(f[train_mask], y[train_mask], f[~train_mask], y[~train_mask], k=5), 4),
+            "stage": 2, "model": name, "task": "region informative (balanced acc.)", "k": 5,
+            "knn_acc": round(knn_accuracy(f[train_mask], y[train_mask], f[~train_mask], y[~train_mask], k=5,
+                                          balanced=True), 4),
             "knn_acc_stain_shift": "n/a", "train_steps": len(result.log), "train_s": round(train_s, 1),
         })
         print(rows[-1], flush=True)

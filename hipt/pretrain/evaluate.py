@@ -44,9 +44,14 @@ def embed_grids(model: nn.Module, grids: torch.Tensor | np.ndarray, batch_size: 
 
 
 def knn_accuracy(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, k: int = 20
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, k: int = 20,
+    balanced: bool = False,
 ) -> float:
-    """Accuracy of a k-NN classifier (cosine similarity on L2-normalized features, uniform votes)."""
+    """Accuracy of a k-NN classifier (cosine similarity on L2-normalized features, uniform votes).
+
+    ``balanced=True``: the mean of the per-class recalls (chance = 1 / n_classes whatever the class
+    frequencies), for imbalanced labels.
+    """
     from sklearn.neighbors import KNeighborsClassifier
 
     def l2(x):
@@ -55,4 +60,9 @@ def knn_accuracy(
 
     knn = KNeighborsClassifier(n_neighbors=min(k, len(train_x)), metric="euclidean")
     knn.fit(l2(train_x), np.asarray(train_y))
-    return float((knn.predict(l2(test_x)) == np.asarray(test_y)).mean())
+    pred = knn.predict(l2(test_x))
+    if balanced:
+        from sklearn.metrics import balanced_accuracy_score
+
+        return float(balanced_accuracy_score(np.asarray(test_y), pred))
+    return float((pred == np.asarray(test_y)).mean())

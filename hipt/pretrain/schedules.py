@@ -3,14 +3,14 @@
 DINO changes four quantities during training; precomputing them makes a resumed run use exactly the
 values an uninterrupted run would, and makes them easy to plot:
 
-============================  ========================================  ====================
-quantity                      shape of the schedule                     granularity
-============================  ========================================  ====================
-learning rate                 linear warm-up, then cosine to ``min_lr``  per iteration
-weight decay                  cosine from 0.04 to 0.4                    per iteration
-teacher EMA momentum          cosine from 0.996 to 1                     per iteration
-teacher temperature           linear warm-up, then constant             per epoch
-============================  ========================================  ====================
+============================  ==========================================  ====================
+quantity                      shape of the schedule                       granularity
+============================  ==========================================  ====================
+learning rate                 linear warm-up, then cosine to ``min_lr``   per iteration
+weight decay                  cosine from 0.04 to 0.4                     per iteration
+teacher EMA momentum          cosine from 0.996 to 1                      per iteration
+teacher temperature           linear warm-up, then constant               per epoch
+============================  ==========================================  ====================
 
 The learning rate is scaled with the global batch size (``lr = base_lr × batch / 256``, the linear
 scaling rule of Goyal et al. that DINO uses).

@@ -170,7 +170,7 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
         2: dict(
             arch="vit4k_tiny", input_embed_dim=192, data="phantom", global_crop_size=7, local_crop_size=3,
             out_dim=4096, batch_size_per_gpu=32, epochs=30, warmup_epochs=3, momentum_teacher=0.99,
-            drop_path_rate=0.0, checkpoint_every=200, out_dir="data/runs/pretrain_stage2",
+            drop_path_rate=0.1, checkpoint_every=200, out_dir="data/runs/pretrain_stage2",
         ),
     },
     "paper": {
@@ -202,7 +202,10 @@ def make_config(stage: int = 1, preset: str = "cpu-tiny", **overrides: Any) -> P
     return PretrainConfig(stage=stage, preset=preset, **values)
 
 
-def config_hash(config: PretrainConfig, ignore: tuple[str, ...] = ("out_dir", "progress", "num_workers", "resume", "device", "checkpoint_every")) -> str:
+_NOT_HASHED = ("out_dir", "progress", "num_workers", "resume", "device", "checkpoint_every", "log_every")
+
+
+def config_hash(config: PretrainConfig, ignore: tuple[str, ...] = _NOT_HASHED) -> str:
     """A short hash of the settings that change the result (for cache folders)."""
     d = {k: v for k, v in asdict(config).items() if k not in ignore}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
