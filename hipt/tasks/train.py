@@ -1,0 +1,534 @@
+"""Train and evaluate slide-level models (HIPT and MIL baselines) for subtyping or survival: ``hipt finetune``.
+
+The protocol of the paper's reference code (CLAM scaffold for subtyping, MCAT for survival), with its
+bugs made explicit and optional:
+
+- **one slide per step** (batch size 1: bags differ in size), Adam (lr 2e-4, weight decay 1e-5), 20
+  epochs, no LR schedule, dropout 0.25;
+- **gradient accumulation over 32 slides**: the loss of each slide is divided by 32 and the optimizer
+  steps every 32 slides (and at the end of each epoch).  The reference divides by 32 but steps after
+  *every* slide (its issue #53), so it does not accumulate at all (and, Adam being nearly invariant to
+  the scale of the loss, trains like plain batch-1 Adam); ``reference_accumulation=True`` reproduces that;
+- **class-balanced sampling**: ``WeightedRandomSampler`` with weight ``N / n_c`` for a slide of class c,
+  ``len(train)`` draws with replacement per epoch; for survival the classes are the (time bin,
+  censorship) pairs (8 strata), as MCAT;
+- the **last-epoch model** is evaluated (the reference has no model selection); ``selection="val"``
+  keeps the epoch with the best validation metric instead;
+- losses: cross-entropy (classification); discrete-time survival NLL (:func:`hipt.survival.nll_loss`,
+  4 bins at the quartiles of the uncensored times, ``alpha=0``), risk ``= −Σ_k S_k``;
+- metrics: AUC (binary, or macro one-vs-rest) and accuracy on val and test (subtyping); concordance
+  index on val (survival, 5-fold CV without a test split);
+- every fold starts from the same seed (the reference re-seeds with ``seed=1`` per fold), so a fold's
+  result does not depend on which other folds ran; the 25% setting trains on a seeded sample
+  ``frac=0.25, random_state=1`` of the fold's training split (not stratified, as the reference).
+
+Outputs per (task, method, fraction, fold), written atomically into ``out``: the per-fold metric records
+(:mod:`hipt.tasks.tables` format) and the per-slide (per-case) predictions.  :func:`run_cv` loops over
+folds and fractions and skips the ones already written (resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from hipt.errors import HIPTError
+from hipt.io import atomic_path
+from hipt.tasks.datasets import BagDataset, bag_items
+
+__all__ = [
+    "FinetuneConfig",
+    "FoldResult",
+    "seed_everything",
+    "class_weights",
+    "make_sampler",
+    "train_fold",
+    "run_cv",
+    "evaluate",
+    "fold_paths",
+    "add_arguments",
+    "run",
+]
+
+log = logging.getLogger("hipt.tasks")
+
+RECORD_COLUMNS = ["task", "method", "fraction", "fold", "split", "metric", "value"]
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything one fine-tuning run needs; flat, so that its fields are the chapters' papermill parameters.
+
+    Data: ``features_dir`` (``hipt extract`` files), ``task`` (a registered task name such as
+    ``tcga_lung_subtype``, or the path of a task table ``slide_id,label[,case_id,survival_months,
+    censorship]``), ``splits_dir`` (``splits_{k}.csv``; optional for a registered task), ``kind``
+    (``"subtype"``/``"survival"``; default from the task), ``task_name`` (name in the records; default
+    the task's).
+
+    Model: ``method`` (see :data:`hipt.models.mil.METHODS`), ``dropout``, ``hipt_local``
+    (``"frozen"``/``"finetune"``/``"scratch"``) and ``vit4k_weights`` for HIPT's ViT-4096.
+
+    Optimization (reference defaults): ``max_epochs=20``, ``lr=2e-4``, ``weight_decay=1e-5``,
+    ``accumulation=32`` slides per optimizer step, ``reference_accumulation=False`` (True: the
+    reference's non-accumulating behaviour), ``weighted_sample=True``, ``selection="last"`` (or
+    ``"val"``), ``seed=1``.
+
+    Protocol: ``folds`` (None: all), ``fractions`` of the training split (1.0 and 0.25),
+    ``frac_seed=1``; survival: ``n_bins=4``, ``alpha_surv=0.0``.
+
+    Running: ``out`` (results folder), ``device`` (``"auto"``: CUDA if available), ``cache_mb`` (LRU
+    cache of decoded bags), ``num_workers`` (DataLoader workers reading feature files), ``missing``
+    (``"error"``/``"drop"`` for slides without a feature file), ``resume`` (skip finished folds),
+    ``save_model`` (keep each fold's final weights), ``verbose``.
+    """
+
+    features_dir: str = ""
+    task: str = ""
+    splits_dir: str | None = None
+    method: str = "hipt"
+    out: str = "outputs/finetune"
+    kind: str | None = None
+    task_name: str | None = None
+    dropout: float = 0.25
+    hipt_local: str = "frozen"
+    vit4k_weights: str | None = None
+    max_epochs: int = 20
+    lr: float = 2e-4
+    weight_decay: float = 1e-5
+    accumulation: int = 32
+    reference_accumulation: bool = False
+    weighted_sample: bool = True
+    selection: str = "last"
+    seed: int = 1
+    folds: list[int] | None = None
+    fractions: list[float] = field(default_factory=lambda: [1.0, 0.25])
+    frac_seed: int = 1
+    n_bins: int = 4
+    alpha_surv: float = 0.0
+    device: str = "auto"
+    cache_mb: float = 512.0
+    num_workers: int = 0
+    missing: str = "error"
+    resume: bool = True
+    save_model: bool = False
+    verbose: bool = True
+
+    def replace(self, **changes: Any) -> FinetuneConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class FoldResult:
+    """The outcome of one fold: metric records, per-unit predictions, loss history, the model."""
+
+    records: pd.DataFrame
+    predictions: pd.DataFrame
+    history: pd.DataFrame
+    model: torch.nn.Module | None = None
+    seconds: float = 0.0
+
+    def metric(self, split: str, metric: str) -> float:
+        r = self.records
+        v = r[(r["split"] == split) & (r["metric"] == metric)]["value"]
+        return float(v.iloc[0]) if len(v) else float("nan")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA); cuDNN deterministic as the reference's ``seed_torch``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def class_weights(strata: np.ndarray) -> np.ndarray:
+    """Per-item sampling weights ``N / n_c`` (``n_c``: number of items in the item's stratum c)."""
+    strata = np.asarray(strata)
+    _, inverse, counts = np.unique(strata, return_inverse=True, return_counts=True, axis=0)
+    return len(strata) / counts[inverse.reshape(-1)].astype(np.float64)
+
+
+def _strata(ds: BagDataset) -> np.ndarray:
+    """Sampling strata: the class; for survival the (time bin, censorship) pair."""
+    cens = ds.censorship
+    if cens is None:
+        return ds.labels
+    return np.stack([ds.labels, cens], axis=1)
+
+
+def make_sampler(ds: BagDataset, weighted: bool, generator: torch.Generator) -> torch.utils.data.Sampler:
+    """``WeightedRandomSampler`` (``N/n_c`` weights, ``len(ds)`` draws with replacement) or a random permutation."""
+    if weighted:
+        w = torch.as_tensor(class_weights(_strata(ds)), dtype=torch.double)
+        return torch.utils.data.WeightedRandomSampler(w, num_samples=len(ds), replacement=True, generator=generator)
+    return torch.utils.data.RandomSampler(ds, generator=generator)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _to(bag: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in bag.items()}
+
+
+def _keys_for(method: str, hipt_local: str) -> tuple[str, ...]:
+    """Which arrays a method reads (so that only those are loaded)."""
+    if method == "hipt" and hipt_local == "frozen":
+        return ("feats4k",)
+    if method == "gcn":
+        return ("feats256", "coords")
+    return ("feats256",)
+
+
+def _survival_outputs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from hipt.survival import hazards_to_survival
+
+    hazards = torch.sigmoid(logits)
+    return hazards, hazards_to_survival(hazards)
+
+
+def task_loss(logits: torch.Tensor, item: dict, survival: bool, alpha: float = 0.0) -> torch.Tensor:
+    """Cross-entropy, or the survival NLL on ``hazards = sigmoid(logits)`` (item's ``label`` = time bin)."""
+    if survival:
+        from hipt.survival import nll_loss
+
+        hazards, S = _survival_outputs(logits)
+        return nll_loss(hazards, S, item["label"], item["censorship"], alpha=alpha)
+    return F.cross_entropy(logits, item["label"])
+
+
+def _item_to(item: dict, device: torch.device) -> dict:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in item.items()}
+
+
+def _loader(ds: BagDataset, sampler=None, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        ds, batch_size=None, sampler=sampler, shuffle=False, num_workers=num_workers,
+        persistent_workers=False, pin_memory=False,
+    )
+
+
+# ------------------------------------------------------------------------------------------ loops
+def train_epoch(
+    model: torch.nn.Module,
+    loader: torch.utils.data.DataLoader,
+    optimizer: torch.optim.Optimizer,
+    survival: bool,
+    accumulation: int = 32,
+    reference_accumulation: bool = False,
+    alpha: float = 0.0,
+    device: torch.device = torch.device("cpu"),
+) -> dict[str, float]:
+    """One epoch, one bag per step, with gradient accumulation.
+
+    Each bag's loss (task loss + ``extra_loss`` + task loss on ``aux_logits``, when the model returns
+    them) is divided by ``accumulation`` and back-propagated; the optimizer steps every
+    ``accumulation`` bags and after the last one.  ``reference_accumulation=True``: steps after every
+    bag (the reference's behaviour, issue #53).  Returns the mean loss and the number of steps.
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    total, n, steps = 0.0, 0, 0
+    n_items = len(loader)
+    for i, item in enumerate(loader):
+        item = _item_to(item, device)
+        out = model(item["bag"], label=item["label"])
+        loss = task_loss(out["logits"], item, survival, alpha)
+        if "aux_logits" in out:
+            loss = loss + task_loss(out["aux_logits"], item, survival, alpha)
+        if "extra_loss" in out:
+            loss = loss + out["extra_loss"]
+        (loss / accumulation).backward()
+        total += float(loss.detach())
+        n += 1
+        if reference_accumulation or (i + 1) % accumulation == 0 or i + 1 == n_items:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+    return {"loss": total / max(n, 1), "steps": steps}
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, ds: BagDataset, survival: bool, device: torch.device, num_workers: int = 0) -> pd.DataFrame:
+    """Per-unit predictions: ``id, label`` and ``prob_0..`` (classification) or ``risk, S_0.., time,
+    censorship`` (survival), in the dataset's order."""
+    model.eval()
+    rows = []
+    for item in _loader(ds, num_workers=num_workers):
+        item = _item_to(item, device)
+        logits = model(item["bag"])["logits"].float()
+        row = {"id": item["id"], "label": int(item["label"][0])}
+        if survival:
+            _, S = _survival_outputs(logits)
+            row["risk"] = float(-S.sum())
+            row.update({f"S_{k}": float(v) for k, v in enumerate(S[0].tolist())})
+            row["time"] = float(item["time"][0])
+            row["censorship"] = int(item["censorship"][0])
+        else:
+            row.update({f"prob_{k}": float(v) for k, v in enumerate(F.softmax(logits, dim=1)[0].tolist())})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def evaluate(pred: pd.DataFrame, survival: bool) -> dict[str, float]:
+    """Metrics of a prediction frame: ``auc`` and ``acc`` (classification), ``c_index`` (survival)."""
+    import warnings
+
+    from hipt.metrics import auc, concordance_index
+
+    if len(pred) == 0:
+        return {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # undefined metric on a one-class split → nan
+        if survival:
+            return {"c_index": concordance_index(pred["time"], pred["risk"], 1 - pred["censorship"])}
+        probs = pred.filter(like="prob_").to_numpy()
+        y = pred["label"].to_numpy()
+        return {"auc": auc(y, probs), "acc": float((probs.argmax(1) == y).mean())}
+
+
+# ------------------------------------------------------------------------------------------ outputs
+def _frac_tag(fraction: float) -> str:
+    return f"{int(round(fraction * 100)):d}pct"
+
+
+def fold_paths(out: str | Path, task: str, method: str, fraction: float, fold: int) -> dict[str, Path]:
+    """Where a fold's outputs go: ``<out>/<task>/<method>/<NN>pct/fold<k>.{results,predictions}.csv``."""
+    d = Path(out) / task / method / _frac_tag(fraction)
+    return {
+        "results": d / f"fold{fold}.results.csv",
+        "predictions": d / f"fold{fold}.predictions.csv",
+        "model": d / f"fold{fold}.model.pt",
+    }
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def _records(task: str, method: str, fraction: float, fold: int, metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
+    rows = [
+        {"task": task, "method": method, "fraction": fraction, "fold": fold, "split": split, "metric": m, "value": v}
+        for split, ms in metrics.items()
+        for m, v in ms.items()
+    ]
+    return pd.DataFrame(rows, columns=RECORD_COLUMNS)
+
+
+# ------------------------------------------------------------------------------------------ folds
+def _load_task(config: FinetuneConfig):
+    from hipt.tasks.tcga import load_task
+
+    return load_task(config.task, splits_dir=config.splits_dir, kind=config.kind, n_bins=config.n_bins)
+
+
+def _build(config: FinetuneConfig, in_dim: int, n_outputs: int, survival: bool, local_vit: torch.nn.Module | None):
+    from hipt.models.mil import build_model
+
+    kwargs: dict[str, Any] = {}
+    if config.method == "hipt":
+        kwargs = {"local": config.hipt_local, "local_vit": local_vit, "vit4k_weights": config.vit4k_weights}
+    elif config.method == "clam_sb":
+        kwargs = {"subtyping": not survival}
+    return build_model(config.method, in_dim, n_outputs, dropout=config.dropout, **kwargs)
+
+
+def train_fold(
+    config: FinetuneConfig,
+    fold: int,
+    fraction: float = 1.0,
+    task: Any = None,
+    local_vit: torch.nn.Module | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    write: bool = True,
+) -> FoldResult:
+    """Train one model on fold ``fold`` (training split subsampled to ``fraction``) and evaluate it.
+
+    Args:
+        config: the run's settings.
+        task: a loaded :class:`hipt.tasks.TaskData` (default: loaded from ``config``).
+        local_vit: HIPT's ViT-4096 module (e.g. a pretrained tiny one for the CPU book); else
+            ``config.vit4k_weights`` or a default ViT-XS.
+        on_epoch: called with ``(epoch, {"loss": ..., "val_<metric>": ...})`` after each epoch.
+        write: write the records and predictions into ``config.out``.
+    """
+    t0 = time.perf_counter()
+    task = task if task is not None else _load_task(config)
+    survival = task.kind == "survival"
+    name = config.task_name or task.name
+    device = _device(config.device)
+    keys = _keys_for(config.method, config.hipt_local)
+    split = task.fold(fold, fraction, random_state=config.frac_seed)
+
+    def dataset(split_name: str) -> BagDataset | None:
+        if not split[split_name]:
+            return None
+        frame = task.frame(fold, split_name, fraction, random_state=config.frac_seed)
+        return BagDataset(config.features_dir, bag_items(frame, task.kind), keys=keys, missing=config.missing,
+                          cache_mb=config.cache_mb)
+
+    sets = {s: dataset(s) for s in ("train", "val", "test")}
+    train = sets["train"]
+    if train is None or len(train) == 0:
+        raise HIPTError(f"{name}: fold {fold} has no training slide with features in {config.features_dir}")
+    first = train.load(0)
+    in_dim = first["feats256"].shape[-1] if "feats256" in first else first["feats4k"].shape[-1]
+    n_outputs = config.n_bins if survival else task.n_classes
+
+    seed_everything(config.seed)
+    model = _build(config, in_dim, n_outputs, survival, local_vit).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    g = torch.Generator().manual_seed(config.seed)
+    loader = _loader(train, make_sampler(train, config.weighted_sample, g), config.num_workers)
+
+    history, best, best_state = [], -math.inf, None
+    for epoch in range(config.max_epochs):
+        stats = train_epoch(model, loader, optimizer, survival, config.accumulation,
+                            config.reference_accumulation, config.alpha_surv, device)
+        row = {"epoch": epoch, **stats}
+        if config.selection == "val" and sets["val"] is not None:
+            m = evaluate(predict(model, sets["val"], survival, device), survival)
+            key = "c_index" if survival else "auc"
+            row[f"val_{key}"] = m.get(key, float("nan"))
+            if row[f"val_{key}"] > best:
+                best = row[f"val_{key}"]
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+    if config.selection == "val" and best_state is not None:
+        model.load_state_dict(best_state)
+    elif config.selection not in ("last", "val"):
+        raise ValueError(f"selection must be 'last' or 'val', not {config.selection!r}")
+
+    preds, metrics = [], {}
+    for s in ("val", "test"):
+        if sets[s] is None:
+            continue
+        p = predict(model, sets[s], survival, device)
+        metrics[s] = evaluate(p, survival)
+        preds.append(p.assign(split=s))
+    metrics.setdefault("train", {})["loss"] = history[-1]["loss"] if history else float("nan")
+    predictions = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame()
+    predictions = predictions.assign(task=name, method=config.method, fraction=fraction, fold=fold)
+    records = _records(name, config.method, fraction, fold, metrics)
+    result = FoldResult(records, predictions, pd.DataFrame(history), model, time.perf_counter() - t0)
+    if write:
+        paths = fold_paths(config.out, name, config.method, fraction, fold)
+        _write_csv(predictions, paths["predictions"])
+        if config.save_model:
+            with atomic_path(paths["model"]) as tmp:
+                torch.save(model.state_dict(), tmp)
+        _write_csv(records, paths["results"])  # last: its presence marks the fold as finished
+    if config.verbose:
+        shown = ", ".join(f"{s} {m}={v:.3f}" for s, ms in metrics.items() if s != "train" for m, v in ms.items())
+        print(f"{name} {config.method} {_frac_tag(fraction)} fold {fold}: {shown} ({result.seconds:.1f} s)")
+    return result
+
+
+def run_cv(config: FinetuneConfig, local_vit: torch.nn.Module | None = None, task: Any = None) -> pd.DataFrame:
+    """Every fold (``config.folds``, default all) × training fraction (``config.fractions``).
+
+    Folds whose results file exists are read back instead of retrained when ``config.resume``.
+    Returns all metric records (columns ``task, method, fraction, fold, split, metric, value``).
+    """
+    task = task if task is not None else _load_task(config)
+    name = config.task_name or task.name
+    folds = config.folds if config.folds is not None else list(range(task.n_folds))
+    frames = []
+    for fraction in config.fractions:
+        for k in folds:
+            path = fold_paths(config.out, name, config.method, fraction, k)["results"]
+            if config.resume and path.is_file():
+                frames.append(pd.read_csv(path))
+                continue
+            frames.append(train_fold(config, k, fraction, task=task, local_vit=local_vit).records)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RECORD_COLUMNS)
+
+
+def summarize(records: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over folds per task, method, fraction, split and metric (population std, as the paper)."""
+    from hipt.metrics import format_mean_std
+
+    r = records[records["metric"] != "loss"]
+    return (
+        r.groupby(["task", "method", "fraction", "split", "metric"])["value"]
+        .agg(mean="mean", std=lambda v: float(np.std(v)), n="count", text=format_mean_std)
+        .reset_index()
+    )
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from hipt.models.mil import METHODS
+
+    d = FinetuneConfig()
+    parser.add_argument("--features", required=True, help="folder of 'hipt extract' feature files (<slide_id>.h5)")
+    parser.add_argument("--task", required=True, help="registered task name (e.g. tcga_lung_subtype) or a task table CSV")
+    parser.add_argument("--splits", default=None, help="folder of splits_{k}.csv (optional for registered tasks)")
+    parser.add_argument("--method", default=d.method, choices=list(METHODS))
+    parser.add_argument("--out", default=d.out, help="results folder")
+    parser.add_argument("--kind", default=None, choices=["subtype", "survival"], help="default: from the task")
+    parser.add_argument("--task-name", default=None, help="name of the task in the result records")
+    parser.add_argument("--folds", type=int, nargs="+", default=None, help="folds to run (default: all)")
+    parser.add_argument("--fractions", type=float, nargs="+", default=d.fractions, help="training fractions")
+    parser.add_argument("--epochs", type=int, default=d.max_epochs)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument("--accumulation", type=int, default=d.accumulation, help="slides per optimizer step")
+    parser.add_argument("--reference-accumulation", action="store_true",
+                        help="step after every slide with the loss divided by --accumulation (the reference's issue #53)")
+    parser.add_argument("--no-weighted-sample", action="store_true", help="uniform instead of class-balanced sampling")
+    parser.add_argument("--selection", default=d.selection, choices=["last", "val"], help="model evaluated")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--dropout", type=float, default=d.dropout)
+    parser.add_argument("--hipt-local", default=d.hipt_local, choices=["frozen", "finetune", "scratch"],
+                        help="HIPT's ViT-4096: frozen pretrained, fine-tuned, or trained from scratch")
+    parser.add_argument("--vit4k-weights", default=None,
+                        help="HIPT's ViT-4096 weights (registry name, path or URL; e.g. vit4k_xs_dino)")
+    parser.add_argument("--device", default=d.device)
+    parser.add_argument("--workers", type=int, default=d.num_workers, help="DataLoader workers reading features")
+    parser.add_argument("--cache-mb", type=float, default=d.cache_mb, help="LRU cache of decoded bags (MB)")
+    parser.add_argument("--missing", default=d.missing, choices=["error", "drop"],
+                        help="slides without a feature file: stop with an error, or drop them")
+    parser.add_argument("--no-resume", action="store_true", help="retrain folds whose results exist")
+    parser.add_argument("--save-model", action="store_true", help="keep each fold's final weights")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = FinetuneConfig(
+        features_dir=args.features, task=args.task, splits_dir=args.splits, method=args.method, out=args.out,
+        kind=args.kind, task_name=args.task_name, folds=args.folds, fractions=list(args.fractions),
+        max_epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, accumulation=args.accumulation,
+        reference_accumulation=args.reference_accumulation, weighted_sample=not args.no_weighted_sample,
+        selection=args.selection, seed=args.seed, dropout=args.dropout, hipt_local=args.hipt_local,
+        vit4k_weights=args.vit4k_weights, device=args.device, num_workers=args.workers, cache_mb=args.cache_mb,
+        missing=args.missing, resume=not args.no_resume, save_model=args.save_model,
+    )
+    records = run_cv(config)
+    summary = summarize(records)
+    print(summary[["task", "method", "fraction", "split", "metric", "text", "n"]].to_string(index=False))
+    return 0
