@@ -115,6 +115,13 @@ def test_hipt_frozen_feats4k_equals_local_vit():
     assert c.slide.local_vit.blocks[0].attn.qkv.weight.grad is not None
 
 
+def test_hipt_frozen_without_weights_refuses_patch_tokens():
+    """No silent random ViT-4096 (the reference's issues #36/#56): feats4k or a pretrained ViT is needed."""
+    model = HIPTMIL(2)
+    with pytest.raises(ValueError, match="no pretrained ViT-4096"):
+        model({"feats256": torch.randn(2, 16, 384)})
+
+
 def test_hipt_global_part_parameter_count():
     """The reference's HIPT-LGP-FC global part has 595,011 parameters for 2 classes."""
     model = HIPTMIL(2)

@@ -240,6 +240,10 @@ def test_run_cv_fractions_and_resume(cohort, tmp_path, monkeypatch):
     cfg = _config(cohort, tmp_path, fractions=[1.0, 0.25], max_epochs=1)
     rec = run_cv(cfg)
     assert set(rec["fraction"]) == {1.0, 0.25} and set(rec["fold"]) == {0, 1}
+    from hipt.tasks.tables import collect_results
+
+    collected = collect_results(cfg.out)  # the record files, not the prediction files beside them
+    assert len(collected) == len(rec)
     import hipt.tasks.train as train
 
     monkeypatch.setattr(train, "train_fold", lambda *a, **k: pytest.fail("finished folds must not be retrained"))
@@ -289,7 +293,7 @@ def test_cli(cohort, tmp_path):
                "--splits", str(cohort / "splits"), "--method", "mean", "--out", str(out), "--epochs", "1",
                "--folds", "0", "--fractions", "1.0", "--device", "cpu"])
     assert rc == 0
-    assert (out / "table" / "mean" / "100pct" / "fold0.results.csv").is_file()
+    assert (out / "table__mean__frac1__fold0.results.csv").is_file()
     rc = main(["finetune", "--features", str(tmp_path / "none"), "--task", str(cohort / "table.csv"),
                "--splits", str(cohort / "splits"), "--out", str(out), "--epochs", "1", "--no-resume"])
     assert rc == 1  # a user error is one line, not a traceback

@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ import torch.nn.functional as F
 from hipt.errors import HIPTError
 from hipt.io import atomic_path
 from hipt.tasks.datasets import BagDataset, bag_items
+from hipt.tasks.tables import RECORD_COLUMNS, write_fold_results
 
 __all__ = [
     "FinetuneConfig",
@@ -59,13 +61,12 @@ __all__ = [
     "run_cv",
     "evaluate",
     "fold_paths",
+    "method_name",
     "add_arguments",
     "run",
 ]
 
 log = logging.getLogger("hipt.tasks")
-
-RECORD_COLUMNS = ["task", "method", "fraction", "fold", "split", "metric", "value"]
 
 
 @dataclass
@@ -313,14 +314,20 @@ def _frac_tag(fraction: float) -> str:
     return f"{int(round(fraction * 100)):d}pct"
 
 
+def method_name(config: FinetuneConfig) -> str:
+    """The method's name in the records: ``hipt_finetune``/``hipt_scratch`` for HIPT's ViT-4096 variants."""
+    if config.method == "hipt" and config.hipt_local != "frozen":
+        return f"hipt_{config.hipt_local}"
+    return config.method
+
+
 def fold_paths(out: str | Path, task: str, method: str, fraction: float, fold: int) -> dict[str, Path]:
-    """Where a fold's outputs go: ``<out>/<task>/<method>/<NN>pct/fold<k>.{results,predictions}.csv``."""
-    d = Path(out) / task / method / _frac_tag(fraction)
-    return {
-        "results": d / f"fold{fold}.results.csv",
-        "predictions": d / f"fold{fold}.predictions.csv",
-        "model": d / f"fold{fold}.model.pt",
-    }
+    """Where a fold's outputs go: ``<out>/<task>__<method>__frac<f>__fold<k>.{results,predictions}.csv``
+    (the default record-file name of :func:`hipt.tasks.tables.write_fold_results`) and ``.model.pt``."""
+    safe = [re.sub(r"[^A-Za-z0-9_.-]+", "-", str(s)) for s in (task, method)]
+    stem = Path(out) / f"{safe[0]}__{safe[1]}__frac{float(fraction):g}__fold{int(fold)}"
+    return {k: stem.with_name(stem.name + f".{k}.{ext}")
+            for k, ext in (("results", "csv"), ("predictions", "csv"), ("model", "pt"))}
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -330,11 +337,12 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
 
 def _records(task: str, method: str, fraction: float, fold: int, metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
     rows = [
-        {"task": task, "method": method, "fraction": fraction, "fold": fold, "split": split, "metric": m, "value": v}
+        {"task": task, "method": method, "fraction": float(fraction), "fold": int(fold), "split": split,
+         "metric": m, "value": float(v)}
         for split, ms in metrics.items()
         for m, v in ms.items()
     ]
-    return pd.DataFrame(rows, columns=RECORD_COLUMNS)
+    return pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
 
 
 # ------------------------------------------------------------------------------------------ folds
@@ -378,6 +386,7 @@ def train_fold(
     task = task if task is not None else _load_task(config)
     survival = task.kind == "survival"
     name = config.task_name or task.name
+    method = method_name(config)
     device = _device(config.device)
     keys = _keys_for(config.method, config.hipt_local)
     split = task.fold(fold, fraction, random_state=config.frac_seed)
@@ -433,19 +442,20 @@ def train_fold(
         preds.append(p.assign(split=s))
     metrics.setdefault("train", {})["loss"] = history[-1]["loss"] if history else float("nan")
     predictions = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame()
-    predictions = predictions.assign(task=name, method=config.method, fraction=fraction, fold=fold)
-    records = _records(name, config.method, fraction, fold, metrics)
+    predictions = predictions.assign(task=name, method=method, fraction=fraction, fold=fold)
+    records = _records(name, method, fraction, fold, metrics)
     result = FoldResult(records, predictions, pd.DataFrame(history), model, time.perf_counter() - t0)
     if write:
-        paths = fold_paths(config.out, name, config.method, fraction, fold)
+        paths = fold_paths(config.out, name, method, fraction, fold)
         _write_csv(predictions, paths["predictions"])
         if config.save_model:
             with atomic_path(paths["model"]) as tmp:
                 torch.save(model.state_dict(), tmp)
-        _write_csv(records, paths["results"])  # last: its presence marks the fold as finished
+        # last: its presence marks the fold as finished
+        write_fold_results(config.out, name, method, fraction, fold, metrics, filename=paths["results"].name)
     if config.verbose:
         shown = ", ".join(f"{s} {m}={v:.3f}" for s, ms in metrics.items() if s != "train" for m, v in ms.items())
-        print(f"{name} {config.method} {_frac_tag(fraction)} fold {fold}: {shown} ({result.seconds:.1f} s)")
+        print(f"{name} {method} {_frac_tag(fraction)} fold {fold}: {shown} ({result.seconds:.1f} s)")
     return result
 
 
@@ -461,24 +471,12 @@ def run_cv(config: FinetuneConfig, local_vit: torch.nn.Module | None = None, tas
     frames = []
     for fraction in config.fractions:
         for k in folds:
-            path = fold_paths(config.out, name, config.method, fraction, k)["results"]
+            path = fold_paths(config.out, name, method_name(config), fraction, k)["results"]
             if config.resume and path.is_file():
                 frames.append(pd.read_csv(path))
                 continue
             frames.append(train_fold(config, k, fraction, task=task, local_vit=local_vit).records)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RECORD_COLUMNS)
-
-
-def summarize(records: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over folds per task, method, fraction, split and metric (population std, as the paper)."""
-    from hipt.metrics import format_mean_std
-
-    r = records[records["metric"] != "loss"]
-    return (
-        r.groupby(["task", "method", "fraction", "split", "metric"])["value"]
-        .agg(mean="mean", std=lambda v: float(np.std(v)), n="count", text=format_mean_std)
-        .reset_index()
-    )
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(RECORD_COLUMNS))
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -528,7 +526,12 @@ def run(args: argparse.Namespace) -> int:
         vit4k_weights=args.vit4k_weights, device=args.device, num_workers=args.workers, cache_mb=args.cache_mb,
         missing=args.missing, resume=not args.no_resume, save_model=args.save_model,
     )
+    from hipt.tasks.tables import summarize
+
     records = run_cv(config)
-    summary = summarize(records)
-    print(summary[["task", "method", "fraction", "split", "metric", "text", "n"]].to_string(index=False))
+    for split, metric in (("val", "c_index"), ("val", "auc"), ("test", "auc")):
+        s = summarize(records, split, metric)
+        if len(s):
+            print(f"{split} {metric} (mean ± std over folds):")
+            print(s.to_string(index=False))
     return 0
