@@ -86,11 +86,11 @@ class StreamSampler(Sampler[Key]):
 
     def _permutation(self, p: int) -> np.ndarray:
         if self._perm_pass != p:
+            # uint32 when it fits: 4 bytes per item (400 MB for the paper's ~10^8 patches, per process)
+            dtype = np.uint32 if self.n_items < 2**32 else np.int64
+            self._perm = np.arange(self.n_items, dtype=dtype)
             if self.shuffle:
-                rng = np.random.default_rng([self.seed, p])
-                self._perm = rng.permutation(self.n_items)
-            else:
-                self._perm = np.arange(self.n_items)
+                np.random.default_rng([self.seed, p]).shuffle(self._perm)
             self._perm_pass = p
         assert self._perm is not None
         return self._perm
