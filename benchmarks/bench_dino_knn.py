@@ -38,22 +38,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hipt.pretrain import make_config, train  # noqa: E402
-from hipt.pretrain.evaluate import embed_grids, embed_patches, knn_accuracy  # noqa: E402
+from hipt.pretrain.evaluate import embed_grids, embed_patches, knn_accuracy, stain_shift  # noqa: E402
 from hipt.pretrain.trainer import build_backbone  # noqa: E402
-
-
-def stain_shift(images: np.ndarray, seed: int = 0, strength: float = 0.3) -> np.ndarray:
-    """Colour-jittered copies (brightness/contrast/saturation ``strength``, hue 0.1) of uint8 patches."""
-    from torchvision.transforms import v2
-
-    from hipt.pretrain.augment import _seeded
-
-    jitter = v2.ColorJitter(strength, strength, strength, 0.1)
-    out = np.empty_like(images)
-    for i, im in enumerate(images):
-        with _seeded(seed * 1_000_003 + i):
-            out[i] = jitter(torch.from_numpy(im).permute(2, 0, 1)).permute(1, 2, 0).numpy()
-    return out
 
 
 def stage1(args, out_dir: Path) -> list[dict]:

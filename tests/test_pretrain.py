@@ -358,3 +358,12 @@ def test_region_truth_matches_feature_coords_to_phantom_regions(tmp_path):
     assert set(regions["label"]) <= {0, 1}
     grids = region_grids(feats_dir, regions.iloc[:2])
     assert grids.shape == (2, 3, 4, 4)
+
+
+def test_stain_shift_is_deterministic_and_changes_colours():
+    from hipt.pretrain.evaluate import stain_shift
+
+    x = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    a, b = stain_shift(x, seed=1), stain_shift(x, seed=1)
+    assert a.shape == x.shape and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert not np.array_equal(a, x) and not np.array_equal(a, stain_shift(x, seed=2))

@@ -13,7 +13,22 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from hipt.pretrain.augment import eval_patch_transform, to_chw_uint8
+from hipt.pretrain.augment import _seeded, eval_patch_transform, to_chw_uint8
+
+
+def stain_shift(images: np.ndarray, seed: int = 0, strength: float = 0.3, hue: float = 0.1) -> np.ndarray:
+    """Colour-jittered copies of uint8 patches ``[N, H, W, 3]``: a held-out *stain shift* (brightness,
+    contrast and saturation factors in ``[1 − strength, 1 + strength]``, hue shift up to ``hue``),
+    deterministic from ``seed``.  A KNN classifier trained on the original colours and tested on these
+    cannot rely on colour alone."""
+    from torchvision.transforms import v2
+
+    jitter = v2.ColorJitter(strength, strength, strength, hue)
+    out = np.empty_like(images)
+    for i, im in enumerate(images):
+        with _seeded(seed * 1_000_003 + i):
+            out[i] = jitter(to_chw_uint8(im)).permute(1, 2, 0).numpy()
+    return out
 
 
 @torch.no_grad()
