@@ -16,8 +16,9 @@ Run by hand (not part of the tests)::
    variant's speed-up over that baseline.  Acceptance for this project: bf16 ≥ 1.8× the naive fp32
    baseline on the CPU.
 2. **Memory** (skipped by ``--no-memory``): peak RSS of :func:`hipt.features.extract_slide` (tiny models)
-   on phantom slides of N and 2N regions and at region batches 1 and 4, each in a fresh process: the
-   increase over the process's RSS before extraction grows with the region batch, not with the slide.
+   on phantom slides of N and 2N regions and at region batches 1 and 4, each in a fresh process (peak =
+   ``VmHWM`` after resetting it through ``/proc/self/clear_refs`` once the model is warm): the increase
+   over the RSS before extraction grows with the region batch, not with the slide.
 3. **FLOPs** (``--flops``): the analytic count of ViT-S/16 on one 256-px patch, ViT-XS on a 16×16 grid
    and a whole 4096-px region, cross-checked with ``torch.utils.flop_counter.FlopCounterMode``
    (FLOPs = 2 × multiply-adds of matmuls/convs/attention; norms, GELU and softmax are not counted).
@@ -30,7 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,18 +127,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_it(fn, n_regions: int, device: torch.device, min_time: float) -> float:
-    """Regions/s of ``fn()`` (which encodes ``n_regions``), after one warm-up call; repeats to ``min_time``."""
+def time_once(fn, n_regions: int, device: torch.device) -> float:
+    """Regions/s of one call of ``fn()`` (which encodes ``n_regions``)."""
+    _sync(device)
+    t0 = time.perf_counter()
     fn()
     _sync(device)
-    done, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        _sync(device)
-        done += n_regions
-        dt = time.perf_counter() - t0
-        if dt >= min_time:
-            return done / dt
+    return n_regions / (time.perf_counter() - t0)
 
 
 def throughput(args: argparse.Namespace) -> None:
@@ -149,43 +145,57 @@ def throughput(args: argparse.Namespace) -> None:
     n = args.regions
     regions = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device)
     g = size // 256
-    region_flops = HIPT4K(v256, v4k).flops(size)
+    enc = HIPT4K(v256, v4k, patch_batch=args.patch_batch).eval()
+    region_flops = enc.flops(size)
 
     print(f"\n## Region-encoder throughput: {size}-px regions ({g * g} patches of 256 px), "
-          f"{'tiny' if args.tiny else 'ViT-S/16 + ViT-XS'}, {n} regions per measurement, device {device}\n")
-    results = []
+          f"{'tiny' if args.tiny else 'ViT-S/16 + ViT-XS'}, {n} regions per measurement, device {device}, "
+          f"median of {args.rounds} interleaved rounds\n")
+
+    def naive():
+        for i in range(n):
+            naive_encode(v256, v4k, regions[i])
+
+    def batched(bs: int, dtype: str):
+        def fn():
+            ctx = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else _null()
+            with ctx:
+                for i in range(0, n, bs):
+                    enc(regions[i : i + bs])
+        return fn
+
+    variants = [("naive: 1 region, patches one by one, fp32", naive)]
+    variants += [(f"HIPT4K {dtype}, {bs} region(s) per call", batched(bs, dtype))
+                 for dtype in args.dtypes for bs in args.batch_sizes]
+    speeds: dict[str, list[float]] = {name: [] for name, _ in variants}
     with torch.inference_mode():
-        def naive():
-            for i in range(n):
-                naive_encode(v256, v4k, regions[i])
+        for _, fn in variants:  # warm-up (kernels, allocator, autocast caches)
+            fn()
+        # interleaved rounds: a change of load on a shared machine hits every variant alike
+        for _ in range(args.rounds):
+            for name, fn in variants:
+                speeds[name].append(time_once(fn, n, device))
+    results = [(name, statistics.median(v)) for name, v in speeds.items()]
+    base = results[0][1]
 
-        base = time_it(naive, n, device, args.min_time)
-        results.append(("naive: 1 region, patches one by one, fp32", base))
-        enc = HIPT4K(v256, v4k, patch_batch=args.patch_batch).eval()
-        for dtype in args.dtypes:
-            for bs in args.batch_sizes:
-                def batched(bs=bs, dtype=dtype):
-                    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else _null()
-                    with ctx:
-                        for i in range(0, n, bs):
-                            enc(regions[i : i + bs])
-
-                results.append((f"HIPT4K {dtype}, {bs} region(s) per call", time_it(batched, n, device, args.min_time)))
-
-    print(f"| {'variant':<44} | {'regions/s':>9} | {'vs naive':>8} | {'TFLOP/s':>8} |")
-    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 10}|{'-' * 10}|")
+    print(f"| {'variant':<44} | {'regions/s':>9} | {'vs naive':>8} | {'TFLOP/s':>8} | {'spread':>7} |")
+    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 10}|{'-' * 10}|{'-' * 9}|")
     for name, rps in results:
-        print(f"| {name:<44} | {rps:>9.3f} | {rps / base:>7.2f}x | {rps * region_flops / 1e12:>8.3f} |")
+        v = speeds[name]
+        spread = (max(v) - min(v)) / rps
+        print(f"| {name:<44} | {rps:>9.3f} | {rps / base:>7.2f}x | {rps * region_flops / 1e12:>8.3f} | {spread:>6.0%} |")
     best_bf16 = max((r for name, r in results if "bf16" in name), default=None)
     if best_bf16 is not None:
         verdict = "PASS" if best_bf16 / base >= 1.8 else "FAIL"
         print(f"\nacceptance (best bf16 >= 1.8x naive fp32): {best_bf16 / base:.2f}x {verdict}")
+    print("spread = (max - min) / median over the rounds")
     if args.save:
         _save("region_encoder", [{"variant": name, "regions/s": round(rps, 4), "vs naive": round(rps / base, 2),
                                   "TFLOP/s": round(rps * region_flops / 1e12, 4)} for name, rps in results],
               title=f"Region encoder throughput, {size}-px regions ({'tiny models' if args.tiny else 'ViT-S/16 + ViT-XS'})",
-              notes=f"device {device}; random weights; {n} regions per measurement; naive = one region at a time, "
-                    "fp32, patches one by one; bf16 = torch.autocast(bfloat16); shared machine: ratios only")
+              notes=f"device {device}; random weights; {n} regions per measurement, median of {args.rounds} "
+                    "interleaved rounds; naive = one region at a time, fp32, patches one by one; "
+                    "bf16 = torch.autocast(bfloat16); shared machine: read the ratios")
 
 
 class _null:
@@ -198,18 +208,26 @@ class _null:
 
 # ------------------------------------------------------------------------------------------ memory
 _CHILD = r"""
-import resource, sys, torch
+import sys, torch
 torch.set_num_threads(1)
 from hipt.features import extract_slide
 from hipt.models import HIPT4K, vit256_tiny, vit4k_tiny
+
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
 torch.manual_seed(0)
 enc = HIPT4K(vit256_tiny(), vit4k_tiny()).eval()
 with torch.inference_mode():  # warm up allocator and kernels on one region
     enc(torch.zeros(1, 3, int(sys.argv[4]), int(sys.argv[4]), dtype=torch.uint8))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
+    f.write("5")
+before = status("VmRSS")
 extract_slide(None, sys.argv[1], sys.argv[2], enc, batch_regions=int(sys.argv[3]), progress=False)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(before, after)
+print(before, status("VmHWM"))
 """
 
 
@@ -236,7 +254,7 @@ def memory(args: argparse.Namespace) -> None:
               f"{'peak RSS (MiB)':>14} | {'increase (MiB)':>14} |")
         print(f"|{'-' * 18}|{'-' * 14}|{'-' * 18}|{'-' * 16}|{'-' * 16}|")
         for k, coords in slides.items():
-            for bs in (1, 4):
+            for bs in args.mem_batches:
                 out = tmp / f"f{k}_{bs}.h5"
                 proc = subprocess.run([sys.executable, "-c", _CHILD, str(coords), str(out), str(bs), str(size)],
                                       capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
@@ -255,7 +273,7 @@ def memory(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="1024-px regions, 4 regions, shorter timings")
+    p.add_argument("--quick", action="store_true", help="1024-px regions, 2 per measurement, batches 1 and 2")
     p.add_argument("--flops", action="store_true", help="only the FLOPs table")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="tiny models instead of ViT-S/16 + ViT-XS")
@@ -264,9 +282,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--patch-batch", type=int, default=256)
-    p.add_argument("--min-time", type=float, default=5.0, help="seconds per measurement (after a warm-up)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (median reported)")
     p.add_argument("--no-memory", action="store_true")
-    p.add_argument("--mem-region-size", type=int, default=1024)
+    p.add_argument("--no-throughput", action="store_true")
+    p.add_argument("--mem-region-size", type=int, default=2048)
+    p.add_argument("--mem-batches", type=int, nargs="+", default=[1, 4], help="region batches for the memory table")
     p.add_argument("--mem-regions", type=int, default=4)
     p.add_argument("--save", action="store_true", help="write benchmarks/results/region_encoder*.json")
     args = p.parse_args(argv)
@@ -275,8 +295,9 @@ def main(argv: list[str] | None = None) -> None:
         flops_report(args.save)
         return
     if args.quick:
-        args.region_size, args.regions, args.batch_sizes, args.min_time = 1024, 4, [1, 4], 2.0
-    throughput(args)
+        args.region_size, args.regions, args.batch_sizes = 1024, 2, [1, 2]
+    if not args.no_throughput:
+        throughput(args)
     if not args.no_memory:
         memory(args)
     print("\n(noisy on a shared machine: compare ratios within one run)")
