@@ -431,11 +431,12 @@ def patch_positions(bag: Bag, patch_px: float = 256.0, grid: tuple[int, int] | N
             raise ValueError(f"{n} patch tokens per region is not a square grid; pass grid=(rows, cols)")
         grid = (side, side)
     rows, cols = grid
+    dev = x.device
     coords = bag.get("coords")
     if coords is None:
-        coords = torch.stack([torch.arange(m) * cols * patch_px, torch.zeros(m)], dim=1)
-    coords = coords.reshape(m, 2).to(torch.float64)
-    t = torch.arange(n)
+        coords = torch.stack([torch.arange(m, device=dev) * cols * patch_px, torch.zeros(m, device=dev)], dim=1)
+    coords = coords.reshape(m, 2).to(device=dev, dtype=torch.float64)
+    t = torch.arange(n, device=dev)
     offs = torch.stack([(t % cols), (t // cols)], dim=1).to(torch.float64) * patch_px  # [n, 2]
     return (coords[:, None, :] + offs[None]).reshape(-1, 2)
 
@@ -470,15 +471,16 @@ def knn_edges(pos: torch.Tensor, k: int = 8, chunk: int = 4096) -> torch.Tensor:
     n = pos.shape[0]
     k = min(k, n - 1)
     if k <= 0:
-        return torch.zeros(2, 0, dtype=torch.long)
+        return torch.zeros(2, 0, dtype=torch.long, device=pos.device)
     p = pos.float()
     nbrs = []
     for s in range(0, n, chunk):
         d = torch.cdist(p[s : s + chunk], p)
-        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = float("inf")
+        rows = torch.arange(d.shape[0], device=pos.device)
+        d[rows, rows + s] = float("inf")
         nbrs.append(d.topk(k, largest=False).indices)
     dst = torch.cat(nbrs).reshape(-1)
-    src = torch.arange(n).repeat_interleave(k)
+    src = torch.arange(n, device=pos.device).repeat_interleave(k)
     e = torch.cat([torch.stack([src, dst]), torch.stack([dst, src])], dim=1)
     return torch.unique(e, dim=1)
 

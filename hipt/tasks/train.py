@@ -30,6 +30,7 @@ folds and fractions and skips the ones already written (resume).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
@@ -59,6 +60,7 @@ __all__ = [
     "make_sampler",
     "train_fold",
     "run_cv",
+    "phantom_task",
     "evaluate",
     "fold_paths",
     "method_name",
@@ -90,7 +92,9 @@ class FinetuneConfig:
     Protocol: ``folds`` (None: all), ``fractions`` of the training split (1.0 and 0.25),
     ``frac_seed=1``; survival: ``n_bins=4``, ``alpha_surv=0.0``.
 
-    Running: ``out`` (results folder), ``device`` (``"auto"``: CUDA if available), ``cache_mb`` (LRU
+    Running: ``out`` (results folder), ``device`` (``"auto"``: CUDA if available), ``precision``
+    (``"fp32"``, or ``"bf16"``: autocast of the forward pass, e.g. for TransMIL's attention over tens of
+    thousands of patch tokens on a GPU), ``cache_mb`` (LRU
     cache of decoded bags), ``num_workers`` (DataLoader workers reading feature files), ``missing``
     (``"error"``/``"drop"`` for slides without a feature file), ``resume`` (skip finished folds),
     ``save_model`` (keep each fold's final weights), ``verbose``.
@@ -120,6 +124,7 @@ class FinetuneConfig:
     n_bins: int = 4
     alpha_surv: float = 0.0
     device: str = "auto"
+    precision: str = "fp32"
     cache_mb: float = 512.0
     num_workers: int = 0
     missing: str = "error"
@@ -220,7 +225,18 @@ def task_loss(logits: torch.Tensor, item: dict, survival: bool, alpha: float = 0
 
 
 def _item_to(item: dict, device: torch.device) -> dict:
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in item.items()}
+    """Move an item's tensors, and those of its bag, to ``device``."""
+    out = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in item.items()}
+    out["bag"] = _to(item["bag"], device)
+    return out
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _loader(ds: BagDataset, sampler=None, num_workers: int = 0) -> torch.utils.data.DataLoader:
@@ -240,6 +256,7 @@ def train_epoch(
     reference_accumulation: bool = False,
     alpha: float = 0.0,
     device: torch.device = torch.device("cpu"),
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """One epoch, one bag per step, with gradient accumulation.
 
@@ -254,10 +271,11 @@ def train_epoch(
     n_items = len(loader)
     for i, item in enumerate(loader):
         item = _item_to(item, device)
-        out = model(item["bag"], label=item["label"])
-        loss = task_loss(out["logits"], item, survival, alpha)
+        with _autocast(device, precision):
+            out = model(item["bag"], label=item["label"])
+        loss = task_loss(out["logits"].float(), item, survival, alpha)
         if "aux_logits" in out:
-            loss = loss + task_loss(out["aux_logits"], item, survival, alpha)
+            loss = loss + task_loss(out["aux_logits"].float(), item, survival, alpha)
         if "extra_loss" in out:
             loss = loss + out["extra_loss"]
         (loss / accumulation).backward()
@@ -271,14 +289,18 @@ def train_epoch(
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, ds: BagDataset, survival: bool, device: torch.device, num_workers: int = 0) -> pd.DataFrame:
+def predict(
+    model: torch.nn.Module, ds: BagDataset, survival: bool, device: torch.device, num_workers: int = 0,
+    precision: str = "fp32",
+) -> pd.DataFrame:
     """Per-unit predictions: ``id, label`` and ``prob_0..`` (classification) or ``risk, S_0.., time,
     censorship`` (survival), in the dataset's order."""
     model.eval()
     rows = []
     for item in _loader(ds, num_workers=num_workers):
         item = _item_to(item, device)
-        logits = model(item["bag"])["logits"].float()
+        with _autocast(device, precision):
+            logits = model(item["bag"])["logits"].float()
         row = {"id": item["id"], "label": int(item["label"][0])}
         if survival:
             _, S = _survival_outputs(logits)
@@ -416,10 +438,10 @@ def train_fold(
     history, best, best_state = [], -math.inf, None
     for epoch in range(config.max_epochs):
         stats = train_epoch(model, loader, optimizer, survival, config.accumulation,
-                            config.reference_accumulation, config.alpha_surv, device)
+                            config.reference_accumulation, config.alpha_surv, device, config.precision)
         row = {"epoch": epoch, **stats}
         if config.selection == "val" and sets["val"] is not None:
-            m = evaluate(predict(model, sets["val"], survival, device), survival)
+            m = evaluate(predict(model, sets["val"], survival, device, precision=config.precision), survival)
             key = "c_index" if survival else "auc"
             row[f"val_{key}"] = m.get(key, float("nan"))
             if row[f"val_{key}"] > best:
@@ -437,7 +459,7 @@ def train_fold(
     for s in ("val", "test"):
         if sets[s] is None:
             continue
-        p = predict(model, sets[s], survival, device)
+        p = predict(model, sets[s], survival, device, config.num_workers, config.precision)
         metrics[s] = evaluate(p, survival)
         preds.append(p.assign(split=s))
     metrics.setdefault("train", {})["loss"] = history[-1]["loss"] if history else float("nan")
@@ -479,6 +501,41 @@ def run_cv(config: FinetuneConfig, local_vit: torch.nn.Module | None = None, tas
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(RECORD_COLUMNS))
 
 
+def phantom_task(
+    kind: str,
+    preset: str = "cpu",
+    n_slides: int | None = None,
+    n_folds: int = 5,
+    seed: int = 0,
+    val_frac: float = 0.15,
+    test_frac: float = 0.25,
+    progress: bool = False,
+) -> dict[str, str]:
+    """A phantom cohort as a fine-tuning task: its features (from :func:`hipt.zoo.cohort_features`),
+    its table and generated split files, as :class:`FinetuneConfig` fields.
+
+    ``composition2``/``composition3``/``context``: Monte-Carlo subtyping folds (train/val/test; the
+    small CPU cohorts get larger val/test fractions than TCGA's 10 %/10 % so that a test set holds more
+    than a handful of slides).  ``survival``: ``n_folds``-fold cross-validation over cases.  Split
+    files are written once beside the features (``splits_<kind>_k<n>_seed<s>/``).
+
+    Returns ``{"features_dir", "task", "splits_dir", "kind", "task_name"}``.
+    """
+    from hipt import zoo
+    from hipt.tasks.splits import make_splits
+
+    feats = Path(zoo.cohort_features(kind, preset=preset, n_slides=n_slides, progress=progress))
+    table = feats / "table.csv"
+    split_kind = "survival" if kind == "survival" else "subtype"
+    tag = f"splits_{split_kind}_k{n_folds}_v{val_frac:g}_t{test_frac:g}_seed{seed}"
+    splits = feats / tag
+    if not (splits / f"splits_{n_folds - 1}.csv").is_file():
+        make_splits(pd.read_csv(table), n_folds, split_kind, seed=seed, out_dir=splits,
+                    val_frac=val_frac, test_frac=test_frac)
+    return {"features_dir": str(feats), "task": str(table), "splits_dir": str(splits), "kind": split_kind,
+            "task_name": f"phantom_{kind}"}
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hipt.models.mil import METHODS
@@ -508,6 +565,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vit4k-weights", default=None,
                         help="HIPT's ViT-4096 weights (registry name, path or URL; e.g. vit4k_xs_dino)")
     parser.add_argument("--device", default=d.device)
+    parser.add_argument("--precision", default=d.precision, choices=["fp32", "bf16"],
+                        help="bf16: autocast the forward pass (GPU; e.g. TransMIL on large bags)")
     parser.add_argument("--workers", type=int, default=d.num_workers, help="DataLoader workers reading features")
     parser.add_argument("--cache-mb", type=float, default=d.cache_mb, help="LRU cache of decoded bags (MB)")
     parser.add_argument("--missing", default=d.missing, choices=["error", "drop"],
@@ -523,7 +582,7 @@ def run(args: argparse.Namespace) -> int:
         max_epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, accumulation=args.accumulation,
         reference_accumulation=args.reference_accumulation, weighted_sample=not args.no_weighted_sample,
         selection=args.selection, seed=args.seed, dropout=args.dropout, hipt_local=args.hipt_local,
-        vit4k_weights=args.vit4k_weights, device=args.device, num_workers=args.workers, cache_mb=args.cache_mb,
+        vit4k_weights=args.vit4k_weights, device=args.device, precision=args.precision, num_workers=args.workers, cache_mb=args.cache_mb,
         missing=args.missing, resume=not args.no_resume, save_model=args.save_model,
     )
     from hipt.tasks.tables import summarize
