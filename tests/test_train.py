@@ -27,6 +27,15 @@ N_SLIDES = 24
 D = 8
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster, and much faster on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _write_cohort(root: Path, n: int = N_SLIDES, seed: int = 0) -> Path:
     """Feature files with a learnable signal (class 1 shifts one feature), a table (two slides per case)."""
     rng = np.random.default_rng(seed)
@@ -297,3 +306,13 @@ def test_cli(cohort, tmp_path):
     rc = main(["finetune", "--features", str(tmp_path / "none"), "--task", str(cohort / "table.csv"),
                "--splits", str(cohort / "splits"), "--out", str(out), "--epochs", "1", "--no-resume"])
     assert rc == 1  # a user error is one line, not a traceback
+
+
+def test_items_and_their_bags_move_to_the_device():
+    """The bag's tensors travel with the item (a GPU run must not leave features on the CPU)."""
+    from hipt.tasks.train import _item_to
+
+    item = {"bag": {"feats256": torch.zeros(2, 4, 3)}, "label": torch.tensor([1]), "id": "s0"}
+    moved = _item_to(item, torch.device("meta"))
+    assert moved["bag"]["feats256"].device.type == "meta" and moved["label"].device.type == "meta"
+    assert moved["id"] == "s0"
