@@ -174,3 +174,17 @@ def test_load_model_infers_architecture_from_released_checkpoint(tiny_ckpt):
     model = load_model(path)
     assert model.config["embed_dim"] == 192 and model.config["depth"] == 4 and model.num_heads == 3
     assert not model.training
+
+
+def test_load_model_reads_heads_from_dino_args(tmp_path):
+    """A DINO checkpoint without a hipt config: the tiny ViT4K's 3 heads come from args.arch."""
+    sd = random_backbone(vit4k_tiny(), seed=4)
+    path = tmp_path / "stage2.pth"
+    torch.save(released_checkpoint(sd, "vit4k_tiny"), path)
+    model = load_model(path)
+    assert model.num_heads == 3 and model.config == vit4k_tiny().config
+    g = torch.randn(1, 192, 4, 4)
+    ref = vit4k_tiny().eval()
+    ref.load_state_dict(sd)
+    with torch.no_grad():
+        torch.testing.assert_close(model(g), ref(g))

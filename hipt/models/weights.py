@@ -259,8 +259,9 @@ def load_model(weights: str | Path, trusted: bool = False, **overrides: Any) -> 
     """Rebuild a ViT256 / ViT4K from a checkpoint and load it (strictly), in eval mode.
 
     The architecture comes from the ``hipt.config`` a :func:`save_backbone` file stores, else from the
-    DINO ``args.arch`` of a released checkpoint (``vit_small`` / ``vit4k_xs``), else from the tensor
-    shapes (heads then assumed 64-d for ViT256, 32-d for ViT4K).
+    DINO ``args`` of a released checkpoint (``arch`` ``vit_small`` / ``vit4k_xs`` / the tiny names, or
+    ``num_heads``) and the tensor shapes (heads otherwise assumed 64-d for ViT256, 32-d for ViT4K:
+    the number of heads is the one thing a state dict does not show).
     """
     from hipt.models.vit import ViT4K, ViT256
 
@@ -284,11 +285,14 @@ def _infer_config(sd: Mapping[str, torch.Tensor], args: Any) -> dict[str, Any]:
     hidden = sd["blocks.0.mlp.fc1.weight"].shape[0]
     grid = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5))
     arch_name = str(getattr(args, "arch", "") or "")
+    heads_of = {"vit_tiny": 3, "vit_small": 6, "vit_base": 12, "vit256_tiny": 3, "vit256_small": 6,
+                "vit4k_xs": 6, "vit4k_tiny": 3}
+    explicit = getattr(args, "num_heads", None)
     if "patch_embed.proj.weight" in sd:
         p = sd["patch_embed.proj.weight"].shape[-1]
-        heads = {"vit_tiny": 3, "vit_small": 6, "vit_base": 12}.get(arch_name, max(1, dim // 64))
+        heads = explicit or heads_of.get(arch_name, max(1, dim // 64))
         return {"arch": "vit256", "embed_dim": dim, "depth": depth, "num_heads": heads, "patch_size": p,
                 "mlp_ratio": hidden / dim, "img_size": grid * p, "in_chans": sd["patch_embed.proj.weight"].shape[1]}
-    heads = {"vit4k_xs": 6}.get(arch_name, max(1, dim // 32))
+    heads = explicit or heads_of.get(arch_name, max(1, dim // 32))
     return {"arch": "vit4k", "input_embed_dim": sd["phi.0.weight"].shape[1], "embed_dim": dim, "depth": depth,
             "num_heads": heads, "mlp_ratio": hidden / dim, "pos_grid": grid}
