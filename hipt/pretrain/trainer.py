@@ -351,7 +351,7 @@ def _dist_setup(device: str) -> tuple[int, int, bool]:
 def _resolve_device(device: str) -> str:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if device == "cuda":  # set_device needs an index: this process's local rank (0 without torchrun)
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))

@@ -1,0 +1,159 @@
+"""One prepared GPU session (run by hand on a lent GPU; never part of CI).
+
+1. bf16 vs fp32 correctness of the full-size region encoder (ViT-S/16 + ViT-XS, random weights) on
+   phantom 4096-px regions: cosine similarity of region and patch tokens.
+2. Region-encoder throughput (regions/s) in fp32 and bf16 at several region batches, a naive baseline
+   (one region, patches one by one, fp32) in the same run, and model FLOP utilisation (MFU) against the
+   bf16 matmul peak measured in the same run.
+3. A short stage-1 DINO run at the ``paper`` preset (ViT-S/16, 224/96 crops, out_dim 65536) in bf16 on
+   phantom patches: images/s and peak GPU memory.
+
+Writes ``$OUT/gpu_check.json`` (or ``benchmarks/results/gpu_check.json`` with ``--save``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hipt.models import HIPT4K, vit4k_xs, vit256_small  # noqa: E402
+
+
+def sync():
+    torch.cuda.synchronize()
+
+
+def matmul_peak(n: int = 8192, iters: int = 20) -> float:
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync()
+    t = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    sync()
+    return 2 * n**3 * iters / (time.perf_counter() - t)
+
+
+def phantom_regions(n: int, size: int = 4096) -> torch.Tensor:
+    """``n`` H&E-like regions ``[n, 3, size, size]`` uint8 tiled from phantom patches (no slide I/O)."""
+    from hipt.phantom import phantom_patches
+
+    g = size // 256
+    imgs, _ = phantom_patches(64, seed=0, size=256)
+    rng = np.random.default_rng(0)
+    out = np.empty((n, size, size, 3), np.uint8)
+    for k in range(n):
+        idx = rng.integers(0, len(imgs), (g, g))
+        out[k] = imgs[idx].transpose(0, 2, 1, 3, 4).reshape(size, size, 3)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dino-seconds", type=float, default=60)
+    ap.add_argument("--dino-batch", type=int, default=128)
+    ap.add_argument("--save", action="store_true")
+    args = ap.parse_args()
+    res: dict = {"machine": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                 "date": time.strftime("%Y-%m-%d")}
+    t0 = time.time()
+    peak = matmul_peak()
+    res["bf16_matmul_peak_tflops"] = round(peak / 1e12, 1)
+    print("bf16 matmul peak TFLOP/s", res["bf16_matmul_peak_tflops"], flush=True)
+
+    torch.manual_seed(0)
+    v256, v4k = vit256_small().cuda().eval(), vit4k_xs().cuda().eval()
+    enc = HIPT4K(v256, v4k, patch_batch=256).eval()
+    regions = phantom_regions(4).cuda()
+    print("regions", tuple(regions.shape), f"{time.time() - t0:.0f}s", flush=True)
+    with torch.inference_mode():
+        ref = enc(regions[:2])
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = enc(regions[:2])
+    cos = torch.nn.functional.cosine_similarity
+    res["bf16_vs_fp32"] = {
+        "region_token_cos_min": float(cos(ref[0].float(), low[0].float(), dim=-1).min()),
+        "patch_token_cos_min": float(cos(ref[1].float(), low[1].float(), dim=-1).min()),
+    }
+    print("bf16 vs fp32", res["bf16_vs_fp32"], flush=True)
+
+    region_flops = enc.flops(4096)
+    rows = []
+
+    def timed(fn, n):
+        fn()
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        return n / (time.perf_counter() - t)
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_region_encoder import naive_encode
+
+    with torch.inference_mode():
+        rps = timed(lambda: naive_encode(v256, v4k, regions[0]), 1)
+        rows.append({"variant": "naive: 1 region, patches one by one, fp32", "regions/s": round(rps, 3)})
+        for dtype in ("fp32", "bf16"):
+            for bs in (1, 2, 4):
+                def fn(bs=bs, dtype=dtype):
+                    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if dtype == "bf16" else torch.autocast("cuda", enabled=False)
+                    with ctx:
+                        for i in range(0, 4, bs):
+                            enc(regions[i:i + bs])
+                rps = timed(fn, 4)
+                rows.append({"variant": f"HIPT4K {dtype}, {bs} region(s) per call", "regions/s": round(rps, 3)})
+    base = rows[0]["regions/s"]
+    for r in rows:
+        r["vs naive"] = round(r["regions/s"] / base, 2)
+        r["TFLOP/s"] = round(r["regions/s"] * region_flops / 1e12, 1)
+        r["MFU vs bf16 peak"] = round(r["regions/s"] * region_flops / peak, 3)
+        print(r, flush=True)
+    res["region_encoder"] = rows
+    res["region_gflops"] = round(region_flops / 1e9, 1)
+    del enc, v256, v4k, regions
+    torch.cuda.empty_cache()
+
+    # -- stage-1 DINO, paper preset, short
+    from hipt.pretrain import make_config, train
+
+    out = Path(os.environ.get("OUT", "/tmp")) / "dino_paper"
+    steps = 40
+    cfg = make_config(1, "paper", data="phantom", n_phantom=512, batch_size_per_gpu=args.dino_batch,
+                      precision="bf16", num_workers=12, out_dir=str(out), max_steps=steps, checkpoint_every=10**9,
+                      progress=False, device="cuda", log_every=1)
+    torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    result = train(cfg)
+    sync()
+    wall = time.perf_counter() - t
+    log = result.log
+    times = [r.get("time") or r.get("elapsed") for r in log]
+    res["dino_stage1_paper"] = {
+        "batch": args.dino_batch, "steps": len(log), "wall_s_incl_data_and_startup": round(wall, 1),
+        "images_per_s_incl_startup": round(len(log) * args.dino_batch / wall, 1),
+        "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "loss_first_last": [log[0].get("loss"), log[-1].get("loss")] if log else None,
+        "log_keys": sorted(log[0].keys()) if log else [],
+        "times": times[:3] + times[-3:] if times and times[0] is not None else None,
+    }
+    print(res["dino_stage1_paper"], flush=True)
+    res["total_s"] = round(time.time() - t0, 1)
+    dest = Path(os.environ.get("OUT", "/tmp")) / "gpu_check.json"
+    dest.write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
