@@ -316,3 +316,25 @@ def test_items_and_their_bags_move_to_the_device():
     moved = _item_to(item, torch.device("meta"))
     assert moved["bag"]["feats256"].device.type == "meta" and moved["label"].device.type == "meta"
     assert moved["id"] == "s0"
+
+
+@pytest.mark.parametrize("kind", ["context", "survival"])
+def test_phantom_task_writes_splits_once(cohort, tmp_path, monkeypatch, kind):
+    """A phantom cohort becomes a task: its features folder, its table and split files made once."""
+    import shutil
+
+    from hipt import zoo
+    from hipt.tasks.splits import read_splits
+    from hipt.tasks.train import phantom_task
+
+    feats = tmp_path / "feats"
+    shutil.copytree(cohort / "features", feats)
+    shutil.copy(cohort / "table.csv", feats / "table.csv")
+    monkeypatch.setattr(zoo, "cohort_features", lambda *a, **k: feats)
+    spec = phantom_task(kind, n_folds=3)
+    assert spec["task_name"] == f"phantom_{kind}" and spec["kind"] == ("survival" if kind == "survival" else "subtype")
+    folds = read_splits(spec["splits_dir"])
+    assert len(folds) == 3 and all(f.has_test == (kind != "survival") for f in folds)
+    stamp = (Path(spec["splits_dir"]) / "splits_0.csv").stat().st_mtime_ns
+    assert phantom_task(kind, n_folds=3) == spec
+    assert (Path(spec["splits_dir"]) / "splits_0.csv").stat().st_mtime_ns == stamp  # reused, not rewritten
