@@ -76,7 +76,7 @@ def get_preset(preset: str | Preset = "cpu") -> Preset:
 
 
 def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -108,25 +108,14 @@ def patches(kind: str, preset: str | Preset = "cpu", seed: int = 0, n_slides: in
 
 
 # ------------------------------------------------------------------------------------------ models
-def _stage_config(stage: int, p: Preset, **overrides):
-    from hipt.pretrain import make_config
-
-    cfg = make_config(stage, p.pretrain_preset, device=_device(), **overrides)
-    return cfg
-
-
 def stage1_model(preset: str | Preset = "cpu", progress: bool = True, **overrides) -> torch.nn.Module:
-    """The stage-1 ViT256 (teacher, eval mode), trained with DINO on phantom patches or loaded.
+    """The stage-1 ViT256 (teacher, eval mode): :func:`hipt.pretrain.export.pretrained` (train-or-load).
 
     ``overrides`` change :class:`hipt.pretrain.PretrainConfig` fields (and so the cache folder).
     """
-    from hipt.pretrain import train
-    from hipt.pretrain.trainer import config_hash
+    from hipt.pretrain.export import pretrained
 
-    p = get_preset(preset)
-    cfg = _stage_config(1, p, progress=progress, **overrides)
-    cfg = cfg.replace(out_dir=str(cache_dir("models", f"stage1-{p.name}-{config_hash(cfg)}")))
-    return train(cfg).teacher.eval()
+    return pretrained(1, get_preset(preset).pretrain_preset, progress=progress, **overrides).eval()
 
 
 def pretraining_features(preset: str | Preset = "cpu", progress: bool = True) -> Path:
@@ -139,17 +128,12 @@ def pretraining_features(preset: str | Preset = "cpu", progress: bool = True) ->
 def stage2_model(preset: str | Preset = "cpu", progress: bool = True, **overrides) -> torch.nn.Module:
     """The stage-2 ViT4K (teacher, eval mode), trained with DINO on stage-1 feature grids, or loaded.
 
-    Its pretraining data are the ``feats256`` of a separate phantom cohort (seed 1), never the
-    cohorts that the slide-level chapters evaluate on.
+    Its pretraining data are the ``feats256`` of a separate phantom cohort (seed 1,
+    :func:`pretraining_features`), never the cohorts that the slide-level chapters evaluate on.
     """
-    from hipt.pretrain import train
-    from hipt.pretrain.trainer import config_hash
+    from hipt.pretrain.export import pretrained
 
-    p = get_preset(preset)
-    feats = pretraining_features(p, progress)
-    cfg = _stage_config(2, p, data=str(feats), progress=progress, **overrides)
-    cfg = cfg.replace(out_dir=str(cache_dir("models", f"stage2-{p.name}-{config_hash(cfg.replace(data=''))}")))
-    return train(cfg).teacher.eval()
+    return pretrained(2, get_preset(preset).pretrain_preset, progress=progress, **overrides).eval()
 
 
 # ------------------------------------------------------------------------------------------ features
