@@ -304,8 +304,8 @@ def test_bad_inputs_raise_clear_errors():
         vit256_tiny()(torch.randn(1, 3, 100, 100))
     with pytest.raises(ValueError, match="token grid"):
         vit4k_tiny()(torch.randn(1, 384, 4, 4))
-    with pytest.raises(ValueError, match="makes 384-d"):
-        HIPT4K(vit256_small(), vit4k_tiny(input_embed_dim=192))
+    with pytest.raises(ValueError, match="takes 384-d tokens but vit256 makes 192-d"):
+        HIPT4K(vit256_tiny(), vit4k_tiny(input_embed_dim=384))
 
 
 def test_drop_path_schedule_and_train_mode_randomness():
