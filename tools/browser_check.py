@@ -46,6 +46,7 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--hide-scrollbars", "--mute-audio", "--window-size=1280,1000", "--remote-debugging-port=0",
 ]
+VIEWPORT = (1280, 1000)
 MAX_SCREENSHOT_HEIGHT = 12000
 
 
@@ -300,10 +301,16 @@ def check_page(cdp: CDP, base: str, name: str, build_dir: Path, shots: Path, tim
     if state["merror"]:
         report.errors.append(f"{state['merror']} MathJax errors (mjx-merror)")
 
-    # screenshot of the whole page (capped)
+    # screenshot of the whole page (height capped): a viewport as tall as the page, so that the capture
+    # is what a reader sees (captureBeyondViewport shifts pages whose outputs scroll sideways)
     height = min(state["height"], MAX_SCREENSHOT_HEIGHT)
-    shot = cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                    clip={"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1})
+    cdp.call("Emulation.setDeviceMetricsOverride", width=VIEWPORT[0], height=height, deviceScaleFactor=1,
+             mobile=False)
+    cdp.evaluate("window.scrollTo(0, 0)")
+    cdp.drain(0.3)
+    shot = cdp.call("Page.captureScreenshot", format="png")
+    cdp.call("Emulation.setDeviceMetricsOverride", width=VIEWPORT[0], height=VIEWPORT[1], deviceScaleFactor=1,
+             mobile=False)
     report.screenshot = shots / f"{name}.png"
     report.screenshot.write_bytes(base64.b64decode(shot["data"]))
     report.seconds = time.time() - start
@@ -329,8 +336,8 @@ def run_checks(html: Path, pages: list[str], shots: Path, timeout: float = 60.0,
         try:
             for domain in ("Page", "Runtime", "Log", "Network"):
                 cdp.call(f"{domain}.enable")
-            cdp.call("Emulation.setDeviceMetricsOverride", width=1280, height=1000, deviceScaleFactor=1,
-                     mobile=False)
+            cdp.call("Emulation.setDeviceMetricsOverride", width=VIEWPORT[0], height=VIEWPORT[1],
+                     deviceScaleFactor=1, mobile=False)
             for name in pages:
                 if not (html / "book" / f"{name}.html").is_file():
                     reports.append(PageReport(name, "", errors=["page not built"]))
