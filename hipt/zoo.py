@@ -9,12 +9,12 @@ each artefact once.
 
 Two presets:
 
-========  ===========  ==============  =====================  ============================
-preset    region size  cohort          stage-1 model          stage-2 model
-========  ===========  ==============  =====================  ============================
-``cpu``   2048 px      64 slides × 4   ViT256 192-d × 4       ViT4K 192-d × 2 (tiny)
-``paper`` 4096 px      128 slides × 8  ViT-S/16 (384-d × 12)  ViT-XS (192-d × 6)
-========  ===========  ==============  =====================  ============================
+=========  ===========  ==============  =====================  ============================
+preset     region size  cohort          stage-1 model          stage-2 model
+=========  ===========  ==============  =====================  ============================
+``cpu``    2048 px      64 slides × 4   ViT256 192-d × 4       ViT4K 192-d × 2 (tiny)
+``paper``  4096 px      128 slides × 8  ViT-S/16 (384-d × 12)  ViT-XS (192-d × 6)
+=========  ===========  ==============  =====================  ============================
 
 The ``cpu`` preset keeps the physical scale (0.5 µm/px, 256-px patches, 16-px tokens) and shrinks
 the rest: regions of 8×8 instead of 16×16 patches, a tiny ViT256 and a short DINO run, so the whole
