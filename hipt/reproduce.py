@@ -607,8 +607,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", nargs="?", choices=[*TARGETS, "all"],
                         help=f"a named grid: {targets}; all: the three")
     parser.add_argument("--quick", action="store_true",
-                        help="the phantom version on a CPU: each chapter once with its CPU defaults "
-                             "(about 10 min on 2 cores for all three)")
+                        help="the phantom version on a CPU: chapters 6, 7 and 8 once each with their CPU "
+                             "defaults (a few minutes each once data/cache holds the models and features "
+                             "they build on first use)")
     parser.add_argument("--chapter", help="run this chapter (name like 06_finetuning, or a .md/.ipynb path) "
                                           "over the grid given by --tasks/--methods/--fractions/--folds")
     parser.add_argument("--tasks", nargs="+", help="tasks (override the target's)")
