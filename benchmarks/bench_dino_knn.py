@@ -1,6 +1,7 @@
 """Does DINO pretraining learn?  KNN accuracy on phantom data before and after, at both stages.
 
-Stage 1: a ``cpu-tiny`` DINO run on phantom patches (timed), then the KNN accuracy (k = 20, cosine) of
+Stage 1: a ``cpu-tiny`` DINO run on phantom patches (train-or-load from the cache; ``--fresh``
+retrains, timed), then the KNN accuracy (k = 20, cosine) of
 the tissue type of held-out phantom patches (train and test drawn from other seeds than the
 pretraining data) from the [CLS] embedding of 256-px patches: the pretrained teacher versus the same
 network at random initialization (the baseline, measured in the same run).  Also on a *stain-shifted*
@@ -29,7 +30,6 @@ import json
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hipt.pretrain import make_config, train  # noqa: E402
+from hipt.pretrain import make_config, read_log, train  # noqa: E402
 from hipt.pretrain.evaluate import embed_grids, embed_patches, knn_accuracy, stain_shift  # noqa: E402
 from hipt.pretrain.trainer import build_backbone  # noqa: E402
 
@@ -46,18 +46,14 @@ def stage1(args, out_dir: Path) -> list[dict]:
     from hipt.phantom import phantom_patches
 
     overrides = json.loads(args.overrides) if args.overrides else {}
-    cfg = make_config(1, "cpu-tiny", out_dir=str(out_dir / "stage1"), progress=not args.no_progress, **overrides)
-    t0 = time.time()
-    result = train(cfg)
-    train_s = time.time() - t0
-    print(f"stage 1: {len(result.log)} steps in {train_s:.0f} s; loss {result.log[0]['loss']:.3f} → "
-          f"{result.log[-1]['loss']:.3f}", flush=True)
+    cfg, teacher, log = _pretrain(1, args, out_dir, overrides)
+    train_s = float(log["time"].iloc[-1])
     n = args.n_eval
     x_tr, y_tr = phantom_patches(n, seed=101, size=256)
     x_te, y_te = phantom_patches(n, seed=102, size=256)
     x_sh = stain_shift(x_te, seed=103)
     torch.manual_seed(cfg.seed)
-    models = {"random init": build_backbone(cfg, drop_path_rate=0.0).eval(), "DINO": result.teacher}
+    models = {"random init": build_backbone(cfg, drop_path_rate=0.0).eval(), "DINO": teacher}
     rows = []
     for name, model in models.items():
         f_tr = embed_patches(model, x_tr, cfg.normalization)
@@ -67,10 +63,30 @@ def stage1(args, out_dir: Path) -> list[dict]:
             "stage": 1, "model": f"ViT256 tiny, {name}", "task": "tissue type (5 classes)", "k": 20,
             "knn_acc": round(knn_accuracy(f_tr, y_tr, f_te, y_te, k=20), 4),
             "knn_acc_stain_shift": round(knn_accuracy(f_tr, y_tr, f_sh, y_te, k=20), 4),
-            "train_steps": len(result.log), "train_s": round(train_s, 1),
+            "train_steps": len(log), "train_s": round(train_s, 1),
         })
         print(rows[-1], flush=True)
     return rows
+
+
+def _pretrain(stage: int, args, out_dir: Path, overrides: dict, **extra):
+    """Train (``--fresh``: in the run folder, timed) or train-or-load from the cache (``pretrained``)."""
+    from hipt.pretrain.export import pretrained
+
+    progress = not args.no_progress
+    if args.fresh:
+        cfg = make_config(stage, "cpu-tiny", out_dir=str(out_dir / f"stage{stage}"), progress=progress,
+                          **extra, **overrides)
+        result = train(cfg)
+        teacher, run_dir = result.teacher, result.out_dir
+    else:
+        cfg = make_config(stage, "cpu-tiny", **overrides)
+        teacher = pretrained(stage, "cpu-tiny", progress=progress, **overrides)
+        run_dir = teacher.pretrain_dir
+    log = read_log(run_dir)
+    print(f"stage {stage}: {len(log)} steps in {log['time'].iloc[-1]:.0f} s ({run_dir}); loss "
+          f"{log['loss'].iloc[0]:.3f} → {log['loss'].iloc[-1]:.3f}", flush=True)
+    return cfg, teacher, log
 
 
 def stage2(args, out_dir: Path) -> list[dict]:
@@ -78,14 +94,9 @@ def stage2(args, out_dir: Path) -> list[dict]:
     from hipt.pretrain.export import region_grids, region_truth
 
     overrides = json.loads(args.overrides2) if args.overrides2 else {}
-    feats = zoo.pretraining_features("cpu", progress=not args.no_progress)
-    cfg = make_config(2, "cpu-tiny", data=str(feats), out_dir=str(out_dir / "stage2"),
-                      progress=not args.no_progress, **overrides)
-    t0 = time.time()
-    result = train(cfg)
-    train_s = time.time() - t0
-    print(f"stage 2: {len(result.log)} steps in {train_s:.0f} s; loss {result.log[0]['loss']:.3f} → "
-          f"{result.log[-1]['loss']:.3f}", flush=True)
+    extra = {"data": str(zoo.pretraining_features("cpu", progress=not args.no_progress))} if args.fresh else {}
+    cfg, teacher, log = _pretrain(2, args, out_dir, overrides, **extra)
+    train_s = float(log["time"].iloc[-1])
 
     ctx_dir = zoo.cohort_features("context", "cpu", progress=not args.no_progress)
     regions = region_truth(ctx_dir, zoo.cohort("context", "cpu", progress=False).table)
@@ -98,7 +109,7 @@ def stage2(args, out_dir: Path) -> list[dict]:
     feats_by_model = {
         "mean-pooled stage-1 patch features": grids.mean(axis=(2, 3)),
         "ViT4K tiny, random init": embed_grids(build_backbone(cfg, drop_path_rate=0.0), grids),
-        "ViT4K tiny, DINO": embed_grids(result.teacher, grids),
+        "ViT4K tiny, DINO": embed_grids(teacher, grids),
     }
     rows = []
     for name, f in feats_by_model.items():
@@ -106,7 +117,7 @@ def stage2(args, out_dir: Path) -> list[dict]:
             "stage": 2, "model": name, "task": "region informative (balanced acc.)", "k": 5,
             "knn_acc": round(knn_accuracy(f[train_mask], y[train_mask], f[~train_mask], y[~train_mask], k=5,
                                           balanced=True), 4),
-            "knn_acc_stain_shift": "n/a", "train_steps": len(result.log), "train_s": round(train_s, 1),
+            "knn_acc_stain_shift": "n/a", "train_steps": len(log), "train_s": round(train_s, 1),
         })
         print(rows[-1], flush=True)
     print(f"(regions: {train_mask.sum()} train / {(~train_mask).sum()} test, "
@@ -122,7 +133,9 @@ def main(argv=None) -> int:
     ap.add_argument("--overrides", default="", help="JSON of stage-1 PretrainConfig overrides")
     ap.add_argument("--overrides2", default="", help="JSON of stage-2 PretrainConfig overrides")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--out", default=None, help="run folder (default: a temporary folder)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="train new runs in the run folder (timed) instead of train-or-load from the cache")
+    ap.add_argument("--out", default=None, help="run folder for --fresh (default: a temporary folder)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/dino_knn.json")
     args = ap.parse_args(argv)
