@@ -81,7 +81,7 @@ class FinetuneConfig:
     (``"subtype"``/``"survival"``; default from the task), ``task_name`` (name in the records; default
     the task's).
 
-    Model: ``method`` (see :data:`hipt.models.mil.METHODS`), ``dropout``, ``hipt_local``
+    Model: ``method`` (see ``hipt.models.mil.METHODS``), ``dropout``, ``hipt_local``
     (``"frozen"``/``"finetune"``/``"scratch"``) and ``vit4k_weights`` for HIPT's ViT-4096.
 
     Optimization (reference defaults): ``max_epochs=20``, ``lr=2e-4``, ``weight_decay=1e-5``,
