@@ -352,7 +352,7 @@ def _coords_files(coords: str | Path) -> list[Path]:
     if not p.is_dir():
         raise InputFileError(p, "coords folder not found", "pass the --out folder of 'hipt patch'")
     folder = p / "coords" if (p / "coords").is_dir() else p
-    files = sorted(folder.glob("*.h5"))
+    files = sorted(p for p in folder.glob("*.h5") if not p.name.startswith("."))
     if not files:
         raise InputFileError(p, "holds no coords .h5 files", "pass the --out folder of 'hipt patch'")
     return files

@@ -145,7 +145,7 @@ def _extract(kind: str, p: Preset, seed: int, n_slides: int | None, with_vit4k: 
     tag = "feats" if with_vit4k else "feats256"
     out = cache_dir("features", f"{c.out_dir.name}-{tag}")
     table = out / "table.csv"
-    if not table.is_file() or len(list(out.glob("*.h5"))) < len(c.table):
+    if not table.is_file() or sum(not p.name.startswith(".") for p in out.glob("*.h5")) < len(c.table):
         vit256 = stage1_model(p, progress)
         vit4k = stage2_model(p, progress) if with_vit4k else None
         enc = build_encoder(vit256, vit4k)

@@ -194,7 +194,7 @@ class SlidePatches(_KeyedDataset):
 
         if isinstance(coords, (str, Path)):
             folder = Path(coords) / "coords" if (Path(coords) / "coords").is_dir() else Path(coords)
-            coords = sorted(folder.glob("*.h5"))
+            coords = sorted(p for p in folder.glob("*.h5") if not p.name.startswith("."))
             if not coords:
                 raise InputFileError(folder, "contains no coordinate files", "run `hipt patch` first")
         self.transform = transform
@@ -259,7 +259,7 @@ class FeatureGrids(_KeyedDataset):
             folder = Path(files)
             if not folder.is_dir():
                 raise InputFileError(folder, "not a folder of feature files")
-            files = sorted([*folder.glob("*.h5"), *folder.glob("*.pt")])
+            files = sorted(p for p in [*folder.glob("*.h5"), *folder.glob("*.pt")] if not p.name.startswith("."))
             if not files:
                 raise InputFileError(folder, "contains no .h5 or .pt feature files", "run `hipt extract` first")
         self.files = [Path(f) for f in files]
