@@ -450,6 +450,11 @@ def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int) 
     torch.manual_seed(config.seed + rank)  # per-rank randomness from here on (stochastic depth)
     np.random.seed(config.seed + rank)
     random.seed(config.seed + rank)
+    if world > 1 and config.use_bn_in_head and device.startswith("cuda"):
+        # as DINO: batch statistics over the global batch (both networks run in train mode).  On CPU
+        # (gloo) each process keeps its own batch statistics.
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
     student.to(device)
     teacher.to(device)
     student_ddp: nn.Module = student
