@@ -167,10 +167,16 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
             momentum_teacher=0.99, normalization="hipt", drop_path_rate=0.1, checkpoint_every=100,
             out_dir="data/runs/pretrain_stage1",
         ),
+        # The paper's head (no BatchNorm) and teacher temperature 0.04 collapse to the uniform output
+        # (loss = ln K) within ~20 steps on the phantom cohorts: every region holds the same tissue
+        # mixture, so at initialization all global views give the same teacher output (cosine
+        # similarity ~0.99) and centring leaves nothing.  DINO's BatchNorm head and a sharper teacher
+        # (0.02) keep the run alive; see book/04_dino_stage2.md.
         2: dict(
             arch="vit4k_tiny", input_embed_dim=192, data="phantom", global_crop_size=7, local_crop_size=3,
             out_dim=4096, batch_size_per_gpu=32, epochs=30, warmup_epochs=3, momentum_teacher=0.99,
-            drop_path_rate=0.1, checkpoint_every=200, out_dir="data/runs/pretrain_stage2",
+            drop_path_rate=0.1, use_bn_in_head=True, warmup_teacher_temp=0.02, teacher_temp=0.02,
+            checkpoint_every=200, out_dir="data/runs/pretrain_stage2",
         ),
     },
     "paper": {
