@@ -444,10 +444,9 @@ def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int) 
     total_steps = config.epochs * steps_per_epoch
 
     # -- models: student (with drop path) and teacher (without), same initial weights
-    student = MultiCropWrapper(build_backbone(config), None)  # head set below
-    in_dim = student.backbone.embed_dim
-    student.head = build_head(config, in_dim)
-    teacher = MultiCropWrapper(build_backbone(config, drop_path_rate=0.0), build_head(config, in_dim))
+    backbone = build_backbone(config)
+    student = MultiCropWrapper(backbone, build_head(config, backbone.embed_dim))
+    teacher = MultiCropWrapper(build_backbone(config, drop_path_rate=0.0), build_head(config, backbone.embed_dim))
     if config.init_weights:
         _load_initial_weights(student, teacher, config.init_weights)
     teacher.load_state_dict(student.state_dict())
