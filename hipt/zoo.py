@@ -137,13 +137,23 @@ def stage2_model(preset: str | Preset = "cpu", progress: bool = True, **override
 
 
 # ------------------------------------------------------------------------------------------ features
+def _model_key(stage: int, p: Preset) -> str:
+    """The hash part of the preset's stage-``stage`` model cache folder (:func:`hipt.pretrain.export.model_dir`)."""
+    from hipt.pretrain import make_config
+    from hipt.pretrain.export import model_dir
+
+    return model_dir(make_config(stage, p.pretrain_preset)).name.rsplit("-", 1)[-1]
+
+
 def _extract(kind: str, p: Preset, seed: int, n_slides: int | None, with_vit4k: bool, progress: bool) -> Path:
     from hipt.features import build_encoder, extract_folder
 
     c = cohort(kind, p, seed, n_slides, progress)
     patch_dir = patches(kind, p, seed, n_slides, progress)
     tag = "feats" if with_vit4k else "feats256"
-    out = cache_dir("features", f"{c.out_dir.name}-{tag}")
+    # the folder names the models too: features of a retrained model never mix with stale ones
+    models = [_model_key(1, p)] + ([_model_key(2, p)] if with_vit4k else [])
+    out = cache_dir("features", f"{c.out_dir.name}-{tag}-{'-'.join(models)}")
     table = out / "table.csv"
     if not table.is_file() or sum(not p.name.startswith(".") for p in out.glob("*.h5")) < len(c.table):
         vit256 = stage1_model(p, progress)

@@ -81,3 +81,77 @@ def knn_accuracy(
 
         return float(balanced_accuracy_score(np.asarray(test_y), pred))
     return float((pred == np.asarray(test_y)).mean())
+
+
+# ------------------------------------------------------------------------------------------------
+# arrangement probes: is "which tissue touches which" readable from a region representation?
+# ------------------------------------------------------------------------------------------------
+
+
+def token_adjacency_features(grids: np.ndarray, n_clusters: int = 5, seed: int = 0, fit_on: int = 20000) -> np.ndarray:
+    """Counts of 4-neighbour pairs of token types, per feature grid: an explicit *locality-aware* reader.
+
+    The tokens of all grids are clustered with k-means (``n_clusters``; on phantom data the clusters are
+    the tissue types, since stage-1 features separate them), every cell is replaced by its cluster, and
+    each grid is summarized by how often each unordered pair of clusters meets across a cell edge.  No
+    weights are learned beyond k-means, so whatever a linear classifier reads from these counts was in
+    the stage-1 tokens *and their positions*: it is the ceiling that a region encoder could reach by
+    looking at neighbours.
+
+    Args:
+        grids: ``[M, D, H, W]`` stage-1 feature grids (:func:`hipt.pretrain.export.region_grids`).
+
+    Returns:
+        ``[M, K(K+1)/2]`` float32 counts (upper triangle of the symmetric cluster-pair matrix, diagonal
+        included: same-cluster edges measure how compact each tissue is).
+    """
+    from sklearn.cluster import KMeans
+
+    grids = np.asarray(grids, dtype=np.float32)
+    if grids.ndim != 4:
+        raise ValueError(f"token_adjacency_features: grids must be [M, D, H, W], got shape {grids.shape}")
+    m, d, h, w = grids.shape
+    tokens = grids.transpose(0, 2, 3, 1).reshape(-1, d)
+    rng = np.random.default_rng(seed)
+    fit = tokens[rng.permutation(len(tokens))[:fit_on]]
+    km = KMeans(n_clusters, n_init=4, random_state=seed).fit(fit)
+    lab = km.predict(tokens).reshape(m, h, w)
+    iu = np.triu_indices(n_clusters)
+    out = np.zeros((m, len(iu[0])), np.float32)
+    for i, g in enumerate(lab):
+        a = np.zeros((n_clusters, n_clusters))
+        for u, v in ((g[:-1], g[1:]), (g[:, :-1], g[:, 1:])):
+            np.add.at(a, (u.ravel(), v.ravel()), 1)
+        out[i] = (a + a.T - np.diag(np.diag(a)))[iu]
+    return out
+
+
+def probe_auc(
+    features: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarray | None = None, folds: int = 5, c: float = 0.1,
+) -> dict[str, float]:
+    """Cross-validated AUC of a logistic-regression probe for a binary region label, per feature set.
+
+    Args:
+        features: name → ``[M, F]`` region representations (e.g. mean patch tokens, ViT4K [CLS] tokens,
+            :func:`token_adjacency_features`).
+        y: ``[M]`` 0/1 labels (e.g. the phantom's ``informative`` flag).
+        groups: ``[M]`` slide ids: folds never split a slide (regions of one slide share its stain and
+            texture draw, which would leak).  ``None``: stratified folds over regions.
+        c: inverse L2 strength of the standardized logistic regression (small data: keep it strong).
+
+    Returns name → AUC of the out-of-fold probabilities (0.5 = chance).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold, StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.asarray(y).astype(int)
+    cv = GroupKFold(folds) if groups is not None else StratifiedKFold(folds, shuffle=True, random_state=0)
+    out = {}
+    for name, x in features.items():
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+        p = cross_val_predict(clf, np.asarray(x, dtype=np.float64), y, groups=groups, cv=cv, method="predict_proba")[:, 1]
+        out[name] = float(roc_auc_score(y, p))
+    return out
