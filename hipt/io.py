@@ -50,6 +50,45 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
         raise
 
 
+_HELD_LOCKS: set[str] = set()
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, message: str | None = None) -> Iterator[None]:
+    """Hold an exclusive inter-process lock on ``path`` (a cache folder or file) for the block.
+
+    Two processes that build the same cached artefact (two notebooks training the same model, say)
+    would otherwise write into one folder at once; with the lock, the second waits and then finds the
+    artefact done.  The lock is ``.<name>.lock`` beside ``path`` (``fcntl.flock``, released when the
+    process dies); re-entrant within a process; a no-op where ``fcntl`` does not exist (Windows).
+    """
+    path = Path(path)
+    key = str(path.resolve())
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    if key in _HELD_LOCKS:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            import sys
+
+            print(message or f"waiting for another process that is building {path} ...", file=sys.stderr, flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        _HELD_LOCKS.add(key)
+        try:
+            yield
+        finally:
+            _HELD_LOCKS.discard(key)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

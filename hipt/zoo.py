@@ -146,14 +146,21 @@ def _model_key(stage: int, p: Preset) -> str:
 
 
 def _extract(kind: str, p: Preset, seed: int, n_slides: int | None, with_vit4k: bool, progress: bool) -> Path:
-    from hipt.features import build_encoder, extract_folder
-
     c = cohort(kind, p, seed, n_slides, progress)
     patch_dir = patches(kind, p, seed, n_slides, progress)
     tag = "feats" if with_vit4k else "feats256"
     # the folder names the models too: features of a retrained model never mix with stale ones
     models = [_model_key(1, p)] + ([_model_key(2, p)] if with_vit4k else [])
     out = cache_dir("features", f"{c.out_dir.name}-{tag}-{'-'.join(models)}")
+    from hipt.pretrain.export import _cache_lock
+
+    with _cache_lock(out):
+        return _extract_locked(c, p, patch_dir, out, with_vit4k, progress)
+
+
+def _extract_locked(c, p: Preset, patch_dir: Path, out: Path, with_vit4k: bool, progress: bool) -> Path:
+    from hipt.features import build_encoder, extract_folder
+
     table = out / "table.csv"
     if not table.is_file() or sum(not p.name.startswith(".") for p in out.glob("*.h5")) < len(c.table):
         vit256 = stage1_model(p, progress)

@@ -71,3 +71,27 @@ def test_atomic_path_output_has_default_permissions(tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
     assert os.stat(dest).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+
+
+def test_file_lock_makes_a_second_process_wait(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from hipt.io import file_lock
+
+    target = tmp_path / "model"
+    code = (
+        "import sys, time; from hipt.io import file_lock\n"
+        f"t = time.time()\nwith file_lock({str(target)!r}):\n    print(round(time.time() - t, 2))\n"
+    )
+    with file_lock(target):
+        with file_lock(target):  # re-entrant in one process
+            pass
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert child.poll() is None  # still waiting for our lock
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    assert float(out) >= 1.0
+    assert "waiting for another process" in err
