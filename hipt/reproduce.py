@@ -382,7 +382,7 @@ def machine_summary(machine: dict | None = None) -> str:
 
 def write_benchmark_result(name: str, rows: Sequence[dict], *, title: str | None = None,
                            command: str | None = None, notes: str | None = None,
-                           folder: str | Path | None = None) -> Path:
+                           folder: str | Path | None = None, hardware_info: dict | None = None) -> Path:
     """Write a benchmark's table to ``benchmarks/results/<name>.json`` (read by the Performance appendix).
 
     The format (see ``benchmarks/README.md``)::
@@ -391,9 +391,11 @@ def write_benchmark_result(name: str, rows: Sequence[dict], *, title: str | None
          "command": ..., "notes": ..., "rows": [{"column": value, ...}, ...]}
 
     ``rows`` are flat dicts with the same keys (one table row each; numbers or strings).
+    ``hardware_info``: the :func:`hardware` of the machine that measured, when that is not this one
+    (a GPU run whose numbers are reported here).
     """
     dest_dir = Path(folder) if folder is not None else _benchmark_results_dir()
-    machine = hardware()
+    machine = dict(hardware_info) if hardware_info is not None else hardware()
     machine.pop("hostname", None)
     record = {
         "name": name,
