@@ -25,6 +25,8 @@ All artefacts are deterministic from ``seed``; cache folders are named by their 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,8 +56,9 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
+    # bf16 extraction: 1.6x the fp32 throughput of the tiny ViT256 on 2 CPU cores (126 vs 81 patches/s)
     "cpu": Preset("cpu", region_size=2048, patch_size=256, n_slides=64, regions_per_slide=4,
-                  pretrain_preset="cpu-tiny", extract_dtype="fp32", batch_regions=2,
+                  pretrain_preset="cpu-tiny", extract_dtype="bf16", batch_regions=2,
                   stage2_cohort=("survival", 32)),
     "paper": Preset("paper", region_size=4096, patch_size=256, n_slides=128, regions_per_slide=8,
                     pretrain_preset="paper", extract_dtype="bf16", batch_regions=4,
@@ -77,6 +80,29 @@ def get_preset(preset: str | Preset = "cpu") -> Preset:
 
 def _device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+@contextlib.contextmanager
+def _all_cores():
+    """Use every core for a heavy build step (training, extraction), then restore the caller's setting.
+
+    Chapters that train many tiny slide models set torch to one thread (faster for µs-sized ops); the
+    artefacts they pull from the cache on first use are large ViT passes that want all cores.  An
+    explicit ``OMP_NUM_THREADS`` is the user's choice and is left alone.
+    """
+    before = torch.get_num_threads()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    change = "OMP_NUM_THREADS" not in os.environ and before < cores
+    if change:
+        torch.set_num_threads(cores)
+    try:
+        yield
+    finally:
+        if change:
+            torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -115,7 +141,8 @@ def stage1_model(preset: str | Preset = "cpu", progress: bool = True, **override
     """
     from hipt.pretrain.export import pretrained
 
-    return pretrained(1, get_preset(preset).pretrain_preset, progress=progress, **overrides).eval()
+    with _all_cores():
+        return pretrained(1, get_preset(preset).pretrain_preset, progress=progress, **overrides).eval()
 
 
 def pretraining_features(preset: str | Preset = "cpu", progress: bool = True) -> Path:
@@ -133,7 +160,8 @@ def stage2_model(preset: str | Preset = "cpu", progress: bool = True, **override
     """
     from hipt.pretrain.export import pretrained
 
-    return pretrained(2, get_preset(preset).pretrain_preset, progress=progress, **overrides).eval()
+    with _all_cores():
+        return pretrained(2, get_preset(preset).pretrain_preset, progress=progress, **overrides).eval()
 
 
 # ------------------------------------------------------------------------------------------ features
@@ -154,7 +182,7 @@ def _extract(kind: str, p: Preset, seed: int, n_slides: int | None, with_vit4k: 
     out = cache_dir("features", f"{c.out_dir.name}-{tag}-{'-'.join(models)}")
     from hipt.pretrain.export import _cache_lock
 
-    with _cache_lock(out):
+    with _cache_lock(out), _all_cores():
         return _extract_locked(c, p, patch_dir, out, with_vit4k, progress)
 
 
