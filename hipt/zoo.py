@@ -12,7 +12,7 @@ Two presets:
 =========  ===========  ==============  =====================  ============================
 preset     region size  cohort          stage-1 model          stage-2 model
 =========  ===========  ==============  =====================  ============================
-``cpu``    2048 px      64 slides × 4   ViT256 192-d × 4       ViT4K 192-d × 2 (tiny)
+``cpu``    2048 px      48 slides × 4   ViT256 192-d × 4       ViT4K 192-d × 2 (tiny)
 ``paper``  4096 px      128 slides × 8  ViT-S/16 (384-d × 12)  ViT-XS (192-d × 6)
 =========  ===========  ==============  =====================  ============================
 
@@ -57,7 +57,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # bf16 extraction: 1.6x the fp32 throughput of the tiny ViT256 on 2 CPU cores (126 vs 81 patches/s)
-    "cpu": Preset("cpu", region_size=2048, patch_size=256, n_slides=64, regions_per_slide=4,
+    "cpu": Preset("cpu", region_size=2048, patch_size=256, n_slides=48, regions_per_slide=4,
                   pretrain_preset="cpu-tiny", extract_dtype="bf16", batch_regions=2,
                   stage2_cohort=("survival", 32)),
     "paper": Preset("paper", region_size=4096, patch_size=256, n_slides=128, regions_per_slide=8,

@@ -135,6 +135,17 @@ def test_chapter_sections(page):
     assert "§" in refs, f"{page.name}: the references must name the paper's sections (§…)"
 
 
+@pytest.mark.parametrize("page", CHAPTERS, ids=_ids(CHAPTERS))
+def test_cli_calls_in_chapters_have_no_widget_progress_bars(page):
+    """A tqdm bar in a notebook is an ipywidget: the rendered page then fetches require.js and the widget
+    manager from a CDN, which fails offline (the browser check). CLI calls in chapters pass --no-progress."""
+    text = page.read_text(encoding="utf-8")
+    for m in re.finditer(r"hipt_cli\(\[(.*?)\]\)\s*$", text, flags=re.S | re.M):
+        call = m.group(1)
+        if call.lstrip().startswith(('"patch"', '"extract"', '"pretrain"', '"heatmap"')):
+            assert "--no-progress" in call, f"{page.name}: hipt_cli([{call[:60]}...]) without --no-progress"
+
+
 @pytest.mark.parametrize("page", NOTEBOOK_PAGES, ids=_ids(NOTEBOOK_PAGES))
 def test_colab_notebook_in_sync(page):
     _read_notebook(page)
