@@ -139,19 +139,28 @@ def probe_auc(
             texture draw, which would leak).  ``None``: stratified folds over regions.
         c: inverse L2 strength of the standardized logistic regression (small data: keep it strong).
 
-    Returns name → AUC of the out-of-fold probabilities (0.5 = chance).
+    Returns name → the mean over folds of each test fold's AUC (0.5 = chance; folds whose test part has
+    one class only are skipped).  Per-fold, not pooled: pooling out-of-fold scores of folds with
+    different class ratios biases a feature without signal far *below* 0.5 (each fold's intercept
+    follows its training labels, which anti-correlate with its test labels).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import GroupKFold, StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import GroupKFold, StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     y = np.asarray(y).astype(int)
     cv = GroupKFold(folds) if groups is not None else StratifiedKFold(folds, shuffle=True, random_state=0)
+    splits = [(tr, te) for tr, te in cv.split(np.zeros(len(y)), y, groups) if len(np.unique(y[te])) == 2]
+    if not splits:
+        raise ValueError("probe_auc: no test fold holds both classes")
     out = {}
     for name, x in features.items():
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
-        p = cross_val_predict(clf, np.asarray(x, dtype=np.float64), y, groups=groups, cv=cv, method="predict_proba")[:, 1]
-        out[name] = float(roc_auc_score(y, p))
+        x = np.asarray(x, dtype=np.float64)
+        aucs = []
+        for tr, te in splits:
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000)).fit(x[tr], y[tr])
+            aucs.append(roc_auc_score(y[te], clf.predict_proba(x[te])[:, 1]))
+        out[name] = float(np.mean(aucs))
     return out
