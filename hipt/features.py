@@ -55,7 +55,7 @@ import torch
 
 from hipt import __version__
 from hipt.errors import HIPTError, InputFileError
-from hipt.io import atomic_path, atomic_write_text
+from hipt.io import atomic_path, atomic_write_text, data_files
 
 __all__ = [
     "ExtractResult",
@@ -352,7 +352,7 @@ def _coords_files(coords: str | Path) -> list[Path]:
     if not p.is_dir():
         raise InputFileError(p, "coords folder not found", "pass the --out folder of 'hipt patch'")
     folder = p / "coords" if (p / "coords").is_dir() else p
-    files = sorted(p for p in folder.glob("*.h5") if not p.name.startswith("."))
+    files = data_files(folder, "*.h5")
     if not files:
         raise InputFileError(p, "holds no coords .h5 files", "pass the --out folder of 'hipt patch'")
     return files

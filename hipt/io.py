@@ -50,6 +50,16 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
         raise
 
 
+def data_files(folder: str | Path, *patterns: str) -> list[Path]:
+    """The files of ``folder`` matching any of ``patterns`` (globs), sorted, without dot-named ones.
+
+    Dot-named files are the temporary files of :func:`atomic_path` (``.<name>.<random>.tmp.h5``): a
+    concurrent writer's half-written output, never data.
+    """
+    folder = Path(folder)
+    return sorted(f for pattern in patterns for f in folder.glob(pattern) if not f.name.startswith("."))
+
+
 _HELD_LOCKS: set[str] = set()
 
 

@@ -192,9 +192,10 @@ def _extract(kind: str, p: Preset, seed: int, n_slides: int | None, with_vit4k: 
 
 def _extract_locked(c, p: Preset, patch_dir: Path, out: Path, with_vit4k: bool, progress: bool) -> Path:
     from hipt.features import build_encoder, extract_folder
+    from hipt.io import data_files
 
     table = out / "table.csv"
-    if not table.is_file() or sum(not p.name.startswith(".") for p in out.glob("*.h5")) < len(c.table):
+    if not table.is_file() or len(data_files(out, "*.h5")) < len(c.table):
         vit256 = stage1_model(p, progress)
         vit4k = stage2_model(p, progress) if with_vit4k else None
         enc = build_encoder(vit256, vit4k)

@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from hipt.errors import InputFileError
+from hipt.io import data_files
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
@@ -194,7 +195,7 @@ class SlidePatches(_KeyedDataset):
 
         if isinstance(coords, (str, Path)):
             folder = Path(coords) / "coords" if (Path(coords) / "coords").is_dir() else Path(coords)
-            coords = sorted(p for p in folder.glob("*.h5") if not p.name.startswith("."))
+            coords = data_files(folder, "*.h5")
             if not coords:
                 raise InputFileError(folder, "contains no coordinate files", "run `hipt patch` first")
         self.transform = transform
@@ -259,7 +260,7 @@ class FeatureGrids(_KeyedDataset):
             folder = Path(files)
             if not folder.is_dir():
                 raise InputFileError(folder, "not a folder of feature files")
-            files = sorted(p for p in [*folder.glob("*.h5"), *folder.glob("*.pt")] if not p.name.startswith("."))
+            files = data_files(folder, "*.h5", "*.pt")
             if not files:
                 raise InputFileError(folder, "contains no .h5 or .pt feature files", "run `hipt extract` first")
         self.files = [Path(f) for f in files]
