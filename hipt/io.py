@@ -99,6 +99,14 @@ def file_lock(path: str | Path, message: str | None = None) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def cache_lock(path: str | Path):
+    """:func:`file_lock` on a cache folder, except inside a torchrun job: ranks must not wait on each
+    other's lock while they wait on each other in collectives."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return contextlib.nullcontext()
+    return file_lock(path)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -18,7 +18,8 @@ preset     region size  cohort          stage-1 model          stage-2 model
 
 The ``cpu`` preset keeps the physical scale (0.5 µm/px, 256-px patches, 16-px tokens) and shrinks
 the rest: cohorts of 48 slides (the ``context`` cohort 64), regions of 8×8 instead of 16×16 patches,
-a tiny ViT256 and a short DINO run, so the whole pipeline fits a few minutes on 2 CPU cores.  ``paper`` is the full-size setting for a GPU.
+a tiny ViT256 and a short DINO run, so the whole pipeline fits a few minutes on 2 CPU cores.
+``paper`` is the full-size setting for a GPU.
 
 All artefacts are deterministic from ``seed``; cache folders are named by their settings.
 """
@@ -184,9 +185,9 @@ def _extract(kind: str, p: Preset, seed: int, n_slides: int | None, with_vit4k: 
     # the folder names the models too: features of a retrained model never mix with stale ones
     models = [_model_key(1, p)] + ([_model_key(2, p)] if with_vit4k else [])
     out = cache_dir("features", f"{c.out_dir.name}-{tag}-{'-'.join(models)}")
-    from hipt.pretrain.export import _cache_lock
+    from hipt.io import cache_lock
 
-    with _cache_lock(out), _all_cores():
+    with cache_lock(out), _all_cores():
         return _extract_locked(c, p, patch_dir, out, with_vit4k, progress)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch.nn as nn
 
+from hipt.io import cache_lock
 from hipt.paths import cache_dir
 from hipt.pretrain.trainer import PretrainConfig, config_hash, make_config, train
 
@@ -91,23 +92,10 @@ def pretrained(
         raise ValueError("pretrained(dataset=...) needs a tag naming the data (it is part of the cache key)")
     out = model_dir(config, tag)
     teacher_path = out / TEACHER_NAME
-    with _cache_lock(out):  # a second process waits here, then loads what the first one trained
+    with cache_lock(out):  # a second process waits here, then loads what the first one trained
         model = _train_or_load(stage, preset, config, out, teacher_path, force, progress, dataset)
     model.pretrain_dir = out  # type: ignore[attr-defined]
     return model
-
-
-def _cache_lock(path: Path):
-    """An inter-process lock on a cache folder, except inside a torchrun job (ranks must not wait on
-    each other's lock while they wait on each other in collectives)."""
-    import contextlib
-    import os
-
-    from hipt.io import file_lock
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return contextlib.nullcontext()
-    return file_lock(path)
 
 
 def _train_or_load(stage, preset, config, out, teacher_path, force, progress, dataset) -> nn.Module:
