@@ -97,6 +97,7 @@ def _grids(layouts: np.ndarray, bank: dict[int, np.ndarray], seed: int) -> np.nd
 
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float:
+    """Rank AUC (Mann–Whitney; no ties in continuous scores): the GPU machine has no scikit-learn."""
     order = np.argsort(s)
     ranks = np.empty(len(s)); ranks[order] = np.arange(1, len(s) + 1)
     pos = y == 1
@@ -219,25 +220,17 @@ def _dino_label(rec: dict) -> str:
 
 
 def report(args) -> int:
-    from hipt.pretrain.evaluate import probe_auc
+    from hipt.pretrain.evaluate import adjacency_counts, probe_auc
     from hipt.reproduce import write_benchmark_result
 
     runs = [(np.load(p), json.loads((Path(p).parent / "stage2_scale.json").read_text())) for p in args.npz]
     e, rec = runs[-1]  # references from the last run (they do not depend on the DINO run)
     lay = np.load(PREP / "data.npz")["eval"][: len(e["y"])].astype(int)
-    k = int(lay.max()) + 1
-    iu = np.triu_indices(k)
-
-    def adj(g):
-        a = np.zeros((k, k))
-        for u, v in ((g[:-1], g[1:]), (g[:, :-1], g[:, 1:])):
-            np.add.at(a, (u.ravel(), v.ravel()), 1)
-        return (a + a.T - np.diag(np.diag(a)))[iu]
 
     y = e["y"]
     feats = {"mean of patch tokens": e["mean"], "ViT4K-XS, random init": e["random"]}
     feats.update({_dino_label(r): ei["dino"] for ei, r in runs})
-    feats["adjacency of tissue types (ceiling, no learning)"] = np.stack([adj(g) for g in lay])
+    feats["adjacency of tissue types (ceiling, no learning)"] = adjacency_counts(lay, int(lay.max()) + 1)
     auc = probe_auc(feats, y)
     rows = [{"region representation": name, "AUC (informative region)": round(v, 3)} for name, v in auc.items()]
     rows.append({"region representation": f"ViT4K-XS trained with region labels ({rec['supervised_train_regions']} "

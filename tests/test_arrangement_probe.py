@@ -55,3 +55,11 @@ def test_probe_auc_groups_never_split_a_group():
 def test_adjacency_features_reject_bad_shape():
     with pytest.raises(ValueError, match=r"\[M, D, H, W\]"):
         token_adjacency_features(np.zeros((4, 8, 8)))
+
+
+def test_adjacency_counts_on_a_known_map():
+    from hipt.pretrain.evaluate import adjacency_counts
+
+    lab = np.array([[[0, 1], [0, 1]]])  # two vertical stripes: 0-0 and 1-1 edges vertically, 0-1 horizontally
+    # pairs in triu order: (0,0), (0,1), (1,1)
+    np.testing.assert_array_equal(adjacency_counts(lab, 2), [[1, 2, 1]])

@@ -115,11 +115,18 @@ def token_adjacency_features(grids: np.ndarray, n_clusters: int = 5, seed: int =
     rng = np.random.default_rng(seed)
     fit = tokens[rng.permutation(len(tokens))[:fit_on]]
     km = KMeans(n_clusters, n_init=4, random_state=seed).fit(fit)
-    lab = km.predict(tokens).reshape(m, h, w)
-    iu = np.triu_indices(n_clusters)
-    out = np.zeros((m, len(iu[0])), np.float32)
-    for i, g in enumerate(lab):
-        a = np.zeros((n_clusters, n_clusters))
+    return adjacency_counts(km.predict(tokens).reshape(m, h, w), n_clusters)
+
+
+def adjacency_counts(labels: np.ndarray, n_types: int) -> np.ndarray:
+    """``[M, K(K+1)/2]`` float32: per label map ``[M, H, W]`` (ints in ``0..K-1``), how often each unordered
+    pair of labels meets across a cell edge (upper triangle of the symmetric pair matrix, diagonal
+    included).  Used on k-means token clusters (:func:`token_adjacency_features`) or on true tissue maps."""
+    labels = np.asarray(labels, dtype=np.int64)
+    iu = np.triu_indices(n_types)
+    out = np.zeros((len(labels), len(iu[0])), np.float32)
+    for i, g in enumerate(labels):
+        a = np.zeros((n_types, n_types))
         for u, v in ((g[:-1], g[1:]), (g[:, :-1], g[:, 1:])):
             np.add.at(a, (u.ravel(), v.ravel()), 1)
         out[i] = (a + a.T - np.diag(np.diag(a)))[iu]
