@@ -300,8 +300,9 @@ def slides(args) -> int:
                              fractions=[1.0], folds=list(range(args.folds)), resume=False, verbose=False)
         results.append(run_cv(cfg))
     summ = summarize(pd.concat(results), "test", "auc")
-    out_rows = [{"method": r.method, "test AUC (mean ± std over folds)": f"{r['mean']:.3f} ± {r['std']:.3f}",
-                 "folds": int(r.n_folds)} for _, r in summ.iterrows()]
+    out_rows = [{"method": r.method, "test AUC, mean over folds": round(float(r["mean"]), 3),
+                 "test AUC, std over folds": round(float(r["std"]), 3), "folds": int(r.n_folds)}
+                for _, r in summ.iterrows()]
     for r in out_rows:
         print(r)
     path = write_benchmark_result(
