@@ -47,25 +47,12 @@ GRID = 16
 
 def prepare(args) -> int:
     from hipt import zoo
-    from hipt.pretrain.export import region_truth
-    from hipt.features import load_features
-    from hipt.phantom import context_region, load_truth
+    from hipt.phantom import context_region
+    from hipt.pretrain.export import token_bank
 
     feat_dir = zoo.pretraining_features("cpu", progress=False)
     kind, n = zoo.get_preset("cpu").stage2_cohort
-    table = zoo.cohort(kind, "cpu", seed=1, n_slides=n, progress=False).table
-    regions = region_truth(feat_dir, table)
-    bank: dict[int, list[np.ndarray]] = {}
-    for slide_id, path in zip(table["slide_id"], table["path"]):
-        truth = load_truth(path)
-        layouts = {(int(x), int(y)): lay for (x, y, _, _), lay in zip(truth.regions, truth.region_layouts())}
-        f = load_features(feat_dir / f"{slide_id}.h5")
-        for _, r in regions[regions["slide_id"] == slide_id].iterrows():
-            lay = layouts.get((r.x, r.y))
-            if lay is None:
-                continue
-            for code, tok in zip(lay.ravel(), np.asarray(f["feats256"][r.region])):
-                bank.setdefault(int(code), []).append(tok)
+    bank = token_bank(feat_dir, zoo.cohort(kind, "cpu", seed=1, n_slides=n, progress=False).table)
     codes = sorted(bank)
     rng = np.random.default_rng(0)
 
@@ -78,7 +65,7 @@ def prepare(args) -> int:
     sup, y_sup = layouts(args.n_supervised)
     PREP.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(PREP / "data.npz", codes=np.array(codes),
-                        **{f"bank_{c}": np.stack(bank[c]).astype(np.float16) for c in codes},
+                        **{f"bank_{c}": bank[c].astype(np.float16) for c in codes},
                         pre=pre, eval=ev, y_eval=y_ev, sup=sup, y_sup=y_sup)
     print(f"wrote {PREP / 'data.npz'}: bank {[len(bank[c]) for c in codes]}, {len(pre)} pretraining, "
           f"{len(ev)} evaluation, {len(sup)} supervised layouts")
@@ -87,13 +74,9 @@ def prepare(args) -> int:
 
 def _grids(layouts: np.ndarray, bank: dict[int, np.ndarray], seed: int) -> np.ndarray:
     """``[N, G*G, D]`` float16 tokens: each cell a random token of its tissue type."""
-    rng = np.random.default_rng(seed)
-    flat = layouts.reshape(len(layouts), -1)
-    out = np.empty((*flat.shape, next(iter(bank.values())).shape[1]), np.float16)
-    for c, toks in bank.items():
-        m = flat == c
-        out[m] = toks[rng.integers(0, len(toks), int(m.sum()))]
-    return out
+    from hipt.pretrain.export import bank_grids
+
+    return bank_grids(layouts, bank, seed, dtype=np.float16)
 
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float:

@@ -367,3 +367,51 @@ def test_stain_shift_is_deterministic_and_changes_colours():
     a, b = stain_shift(x, seed=1), stain_shift(x, seed=1)
     assert a.shape == x.shape and a.dtype == np.uint8 and np.array_equal(a, b)
     assert not np.array_equal(a, x) and not np.array_equal(a, stain_shift(x, seed=2))
+
+
+def test_token_bank_groups_real_tokens_by_true_tissue_and_bank_grids_follow_layouts(tmp_path):
+    import h5py
+
+    from hipt.phantom import load_truth, make_cohort
+    from hipt.pretrain.export import bank_grids, token_bank
+
+    cohort = make_cohort("context", tmp_path / "cohort", n_slides=2, regions_per_slide=2, region_size=1024,
+                         n_variants=1, progress=False)
+    feats_dir = tmp_path / "feats"
+    feats_dir.mkdir()
+    for i, (sid, path) in enumerate(zip(cohort.table["slide_id"], cohort.table["path"])):
+        truth = load_truth(path)
+        # token = (tissue code, slide, 0): the bank must put each token under its cell's true tissue
+        toks = np.stack([np.stack([lay.ravel().astype(np.float32), np.full(lay.size, i, np.float32),
+                                   np.zeros(lay.size, np.float32)], 1) for lay in truth.region_layouts()])
+        with h5py.File(feats_dir / f"{sid}.h5", "w") as f:
+            f["coords"] = truth.regions[:, :2]
+            f["feats256"] = toks
+    bank = token_bank(feats_dir, cohort.table)
+    assert set(bank) == set(int(c) for lay in load_truth(cohort.table["path"][0]).region_layouts() for c in np.unique(lay))
+    for code, tokens in bank.items():
+        assert tokens.shape[1] == 3 and np.all(tokens[:, 0] == code)
+    assert sum(len(t) for t in bank.values()) == 2 * 2 * 16  # 2 slides × 2 regions × 4×4 cells
+
+    layouts = np.stack([load_truth(cohort.table["path"][0]).region_layouts()[0]] * 3)
+    grids = bank_grids(layouts, bank, seed=5)
+    assert grids.shape == (3, 16, 3) and grids.dtype == np.float32
+    np.testing.assert_array_equal(grids[:, :, 0], layouts.reshape(3, -1))
+    np.testing.assert_array_equal(grids, bank_grids(layouts, bank, seed=5))
+    with pytest.raises(ValueError, match="no token of tissue code"):
+        bank_grids(np.full((1, 4, 4), 99), bank)
+
+
+def test_slide_centred_removes_each_slides_mean_token():
+    from hipt.pretrain.evaluate import slide_centred
+
+    rng = np.random.default_rng(0)
+    grids = rng.normal(size=(6, 3, 2, 2)).astype(np.float32)
+    groups = np.array(["a", "a", "b", "b", "b", "c"])
+    grids[groups == "b"] += 10.0  # a slide-level shift
+    out = slide_centred(grids, groups)
+    for g in "abc":
+        np.testing.assert_allclose(out[groups == g].mean(axis=(0, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(out[0] - out[1], grids[0] - grids[1], atol=1e-6)  # within a slide: unchanged
+    with pytest.raises(ValueError, match="groups"):
+        slide_centred(grids, groups[:3])

@@ -133,6 +133,24 @@ def adjacency_counts(labels: np.ndarray, n_types: int) -> np.ndarray:
     return out
 
 
+def slide_centred(grids: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Feature grids ``[M, D, H, W]`` minus their slide's mean token (``groups``: ``[M]`` slide ids).
+
+    A diagnostic, not part of HIPT: the regions of one slide share its stain and texture draw, which
+    shifts all their tokens together.  Removing the per-slide mean shows how much of a region encoder's
+    failure to read arrangement on real grids is that shift (chapter 4).
+    """
+    grids = np.asarray(grids, dtype=np.float32)
+    groups = np.asarray(groups)
+    if grids.ndim != 4 or len(groups) != len(grids):
+        raise ValueError(f"slide_centred: grids [M, D, H, W] and groups [M], got {grids.shape} and {groups.shape}")
+    out = grids.copy()
+    for g in np.unique(groups):
+        m = groups == g
+        out[m] -= grids[m].mean(axis=(0, 2, 3), keepdims=True)
+    return out
+
+
 def probe_auc(
     features: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarray | None = None, folds: int = 5, c: float = 0.1,
 ) -> dict[str, float]:

@@ -163,3 +163,70 @@ def region_grids(features_dir: str | Path, regions) -> np.ndarray:
             cache = {slide_id: load_features(Path(features_dir) / f"{slide_id}.h5")["feats256"]}
         out.append(tokens_to_grid(cache[slide_id][int(j)]).numpy())
     return np.stack(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# token-bank regions: many distinct regions at the cost of one extracted cohort
+# ------------------------------------------------------------------------------------------------
+
+
+def token_bank(features_dir: str | Path, table) -> dict[int, np.ndarray]:
+    """The stage-1 patch tokens of a phantom cohort, grouped by the true tissue type of their cell.
+
+    Rendering and extracting phantom regions costs about 0.5 s per 8×8 region on 2 CPU cores, so a
+    CPU cohort holds a few hundred regions; stage-2 DINO needs thousands of *distinct* regions (see
+    ``benchmarks/bench_stage2_arrangement.py``).  The bank and :func:`bank_grids` build as many regions
+    as wanted from the real tokens of one extracted cohort: a layout (e.g.
+    :func:`hipt.phantom.context_region`) gets, in every cell, a random real token of that cell's tissue.
+
+    Args:
+        features_dir: ``hipt extract`` files (``feats256``) of the cohort.
+        table: its cohort table (``slide_id``, ``path``, ``label``).
+
+    Returns:
+        tissue code → ``[n_code, D]`` float32 tokens (only regions that are truth regions of their slide).
+    """
+    from hipt.features import load_features
+    from hipt.phantom import load_truth
+
+    regions = region_truth(features_dir, table)
+    bank: dict[int, list[np.ndarray]] = {}
+    for slide_id, path in zip(table["slide_id"], table["path"]):
+        rows = regions[regions["slide_id"] == slide_id]
+        if rows.empty:
+            continue
+        truth = load_truth(path)
+        layouts = {(int(x), int(y)): lay for (x, y, _, _), lay in zip(truth.regions, truth.region_layouts())}
+        feats = load_features(Path(features_dir) / f"{slide_id}.h5")["feats256"]
+        for x, y, j in zip(rows["x"], rows["y"], rows["region"]):
+            lay = layouts.get((int(x), int(y)))
+            if lay is None:
+                continue
+            tokens = np.asarray(feats[int(j)], dtype=np.float32)  # [n, D], row-major like lay.ravel()
+            if len(tokens) != lay.size:
+                raise ValueError(f"{features_dir}/{slide_id}.h5: region {j} has {len(tokens)} tokens, "
+                                 f"its layout {lay.shape[0]}×{lay.shape[1]} cells")
+            for code, tok in zip(lay.ravel(), tokens):
+                bank.setdefault(int(code), []).append(tok)
+    if not bank:
+        raise ValueError(f"token_bank: no truth region of the table found in {features_dir}")
+    return {c: np.stack(v) for c, v in sorted(bank.items())}
+
+
+def bank_grids(layouts: np.ndarray, bank: dict[int, np.ndarray], seed: int = 0, dtype=np.float32) -> np.ndarray:
+    """``[N, G*G, D]`` token grids for ``[N, G, G]`` layouts: every cell a random bank token of its type.
+
+    The tokens of one grid come from many slides, so a grid carries no slide-level stain or texture
+    draw: its only structure is the layout.  Deterministic from ``seed``.
+    """
+    layouts = np.asarray(layouts)
+    missing = sorted(set(np.unique(layouts).tolist()) - set(bank))
+    if missing:
+        raise ValueError(f"bank_grids: the bank has no token of tissue code(s) {missing}")
+    rng = np.random.default_rng(seed)
+    flat = layouts.reshape(len(layouts), -1)
+    out = np.empty((*flat.shape, next(iter(bank.values())).shape[1]), dtype)
+    for code, tokens in bank.items():
+        m = flat == code
+        out[m] = tokens[rng.integers(0, len(tokens), int(m.sum()))]
+    return out
