@@ -370,3 +370,27 @@ def test_survival_training_learns_the_direction_of_risk(tmp_path):
     rec = run_cv(cfg)
     cidx = rec[(rec["metric"] == "c_index") & (rec["split"] == "val")]["value"]
     assert len(cidx) == 3 and cidx.mean() > 0.75, cidx.tolist()
+
+
+@pytest.mark.parametrize("kind", ["subtype", "survival"])
+def test_permutation_null_shuffles_outcomes_by_case_and_keeps_the_folds(cohort, tmp_path, kind):
+    from hipt.tasks.train import permutation_null
+
+    splits = "splits" if kind == "subtype" else "splits_survival"
+    cfg = _config(cohort, tmp_path, kind=kind, splits_dir=str(cohort / splits), max_epochs=1, task_name="t")
+    null = permutation_null(cfg, n_permutations=2, seed=0, out=tmp_path / "null")
+    assert list(null["permutation"]) == [0, 1]
+    # a tiny test split can hold one class after shuffling (AUC undefined); otherwise a valid metric
+    assert (null["mean"].between(0, 1) | null["mean"].isna()).all()
+    if kind == "survival":
+        assert null["mean"].notna().all()
+    orig = pd.read_csv(cohort / "table.csv")
+    for i in range(2):
+        t = pd.read_csv(tmp_path / "null" / f"permutation{i}" / "table.csv")
+        col = "label" if kind == "subtype" else "survival_months"
+        # the outcomes are a permutation of the cases' outcomes, and the slides of a case still agree
+        assert sorted(t.drop_duplicates("case_id")[col]) == sorted(orig.drop_duplicates("case_id")[col])
+        assert (t.groupby("case_id")[col].nunique() == 1).all()
+        assert not t[col].equals(orig[col])
+    again = permutation_null(cfg, n_permutations=2, seed=0, out=tmp_path / "null2")
+    pd.testing.assert_frame_equal(null, again)  # deterministic from the seed
