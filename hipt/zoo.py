@@ -37,8 +37,7 @@ import torch
 from hipt.paths import cache_dir
 
 __all__ = ["Preset", "PRESETS", "get_preset", "cohort", "patches", "stage1_model", "stage2_model",
-           "cohort_features", "pretraining_features", "token_bank", "token_bank_regions", "stage2_token_bank_model",
-           "token_bank_cohort_features", "TOKEN_BANK_STAGE2"]
+           "cohort_features", "pretraining_features"]
 
 
 @dataclass(frozen=True)
