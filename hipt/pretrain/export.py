@@ -189,23 +189,22 @@ def token_bank(features_dir: str | Path, table) -> dict[int, np.ndarray]:
     from hipt.features import load_features
     from hipt.phantom import load_truth
 
-    regions = region_truth(features_dir, table)
     bank: dict[int, list[np.ndarray]] = {}
     for slide_id, path in zip(table["slide_id"], table["path"]):
-        rows = regions[regions["slide_id"] == slide_id]
-        if rows.empty:
+        f = Path(features_dir) / f"{slide_id}.h5"
+        if not f.is_file():
             continue
         truth = load_truth(path)
+        # regions are matched to the truth by their level-0 corner, as region_truth does
         layouts = {(int(x), int(y)): lay for (x, y, _, _), lay in zip(truth.regions, truth.region_layouts())}
-        feats = load_features(Path(features_dir) / f"{slide_id}.h5")["feats256"]
-        for x, y, j in zip(rows["x"], rows["y"], rows["region"]):
+        feats = load_features(f)
+        for j, (x, y) in enumerate(np.asarray(feats["coords"]).reshape(-1, 2)):
             lay = layouts.get((int(x), int(y)))
             if lay is None:
                 continue
-            tokens = np.asarray(feats[int(j)], dtype=np.float32)  # [n, D], row-major like lay.ravel()
+            tokens = np.asarray(feats["feats256"][j], dtype=np.float32)  # [n, D], row-major like lay.ravel()
             if len(tokens) != lay.size:
-                raise ValueError(f"{features_dir}/{slide_id}.h5: region {j} has {len(tokens)} tokens, "
-                                 f"its layout {lay.shape[0]}×{lay.shape[1]} cells")
+                raise ValueError(f"{f}: region {j} has {len(tokens)} tokens, its layout {lay.shape[0]}×{lay.shape[1]} cells")
             for code, tok in zip(lay.ravel(), tokens):
                 bank.setdefault(int(code), []).append(tok)
     if not bank:

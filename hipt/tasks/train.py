@@ -532,6 +532,7 @@ def permutation_null(
     cols = ["survival_months", "censorship"] if survival else ["label"]
     cols += ["label"] if survival and "label" in task.table.columns else []
     cases = task.table.drop_duplicates("case_id").set_index("case_id")[cols]
+    split, metric = ("val", "c_index") if survival else ("test", "auc")
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="hipt_permutation_"))
     rows = []
     for i in range(n_permutations):
@@ -546,7 +547,6 @@ def permutation_null(
         cfg = dataclasses.replace(config, task=str(folder / "table.csv"), splits_dir=str(task.splits_dir),
                                   out=str(folder / "results"), task_name=f"{task.name}_permuted")
         rec = run_cv(cfg)
-        split, metric = ("val", "c_index") if survival else ("test", "auc")
         per_fold = rec[(rec["split"] == split) & (rec["metric"] == metric) & (rec["fraction"] == max(cfg.fractions))]
         m, sd = mean_std(per_fold["value"])
         rows.append({"permutation": i, "mean": m, "std": sd})
