@@ -210,6 +210,88 @@ def test_patch_multicrop_shapes_and_determinism():
     assert aug.ncrops == 5 and a[0].dtype == torch.float32
 
 
+def test_patch_multicrop_batched_colour_equals_per_patch():
+    """The trainer's path (crops per patch, colour on the collated batch) gives the same views as
+    ``aug(patch, seed)`` on each patch alone."""
+    imgs = np.random.default_rng(1).integers(0, 255, (6, 40, 40, 3), dtype=np.uint8)
+    deferred = PatchMultiCrop(32, 16, 3, normalization="hipt", defer_photometric=True)
+    single = PatchMultiCrop(32, 16, 3, normalization="hipt")
+    items = [deferred(im, seed=10 + i) for i, im in enumerate(imgs)]
+    assert [tuple(t.shape) for t in items[0]] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3 + [(5, 13)]
+    assert items[0][0].dtype == torch.uint8
+    batch = collate_crops(items)
+    views = deferred.photometric(batch[:-1], batch[-1])
+    for i, im in enumerate(imgs):
+        for v, s in zip(views, single(im, seed=10 + i)):
+            torch.testing.assert_close(v[i], s, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["brightness", "contrast", "saturation", "hue", "blur", "gray", "solarize"])
+def test_batched_colour_operations_match_torchvision(name):
+    from torchvision.transforms.v2 import functional as TF
+
+    from hipt.pretrain.augment import _P, PHOTOMETRIC_PARAMS, _colour_op, _gaussian_blur, _shift_hue
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 3, 24, 24, generator=g)
+    f = {"brightness": [0.6, 0.9, 1.0, 1.2, 1.4], "contrast": [0.6, 0.8, 1.0, 1.3, 1.4],
+         "saturation": [0.8, 0.9, 1.0, 1.1, 1.2], "hue": [-0.1, -0.03, 0.0, 0.05, 0.1],
+         "blur": [0.1, 0.5, 1.0, 1.7, 2.0]}.get(name, [0.0] * 5)
+    p = torch.zeros(5, len(PHOTOMETRIC_PARAMS))
+    if name in ("brightness", "contrast", "saturation"):
+        p[:, _P[name]] = torch.tensor(f)
+        ours = _colour_op(x, ("brightness", "contrast", "saturation").index(name), p)
+        ref = torch.stack([getattr(TF, f"adjust_{name}")(x[i], f[i]) for i in range(5)])
+    elif name == "hue":
+        ours = _shift_hue(x, torch.tensor(f))
+        ref = torch.stack([TF.adjust_hue(x[i], f[i]) for i in range(5)])
+    elif name == "blur":
+        ours = _gaussian_blur(x, torch.tensor(f), 13)
+        ref = torch.stack([TF.gaussian_blur(x[i], [13, 13], [f[i], f[i]]) for i in range(5)])
+    else:  # through the whole colour half, with only this operation switched on
+        u8 = (x * 255).round().to(torch.uint8)
+        p[:, _P[name]] = 1.0
+        p[:, _P["order0"]:_P["order3"] + 1] = torch.arange(4.0)
+        ours = PatchMultiCrop(24, 8, 0, normalization="hipt").photometric([u8], p.unsqueeze(1))[0] * 0.5 + 0.5
+        ref = (TF.rgb_to_grayscale(u8, num_output_channels=3) if name == "gray" else TF.solarize(u8, 128)).float() / 255
+        assert not torch.allclose(ours, u8.float() / 255, atol=1e-3)  # the operation did something
+    # torchvision rounds grey to uint8 (one step = 1/255); the float path keeps the exact value
+    torch.testing.assert_close(ours, ref, atol=1.01 / 255 if name == "gray" else 2e-5, rtol=0)
+
+
+def test_photometric_parameters_cover_their_ranges():
+    aug = PatchMultiCrop(16, 8, 8, defer_photometric=True)
+    img = np.zeros((24, 24, 3), np.uint8)
+    from hipt.pretrain.augment import _P
+
+    p = torch.cat([aug(img, seed=s)[-1] for s in range(200)])  # [200 · 10, 13]
+    assert 0.6 <= p[:, _P["brightness"]].min() and p[:, _P["brightness"]].max() <= 1.4
+    assert -0.1 <= p[:, _P["hue"]].min() and p[:, _P["hue"]].max() <= 0.1
+    assert abs(p[:, _P["jitter"]].mean() - 0.8) < 0.05 and abs(p[:, _P["gray"]].mean() - 0.2) < 0.05
+    per_view = p.view(200, 10, -1)
+    assert per_view[:, 0, _P["blur"]].min() == 1 and abs(per_view[:, 1, _P["blur"]].mean() - 0.1) < 0.06
+    assert per_view[:, 2:, _P["solarize"]].max() == 0 and 0.1 < per_view[:, 1, _P["solarize"]].mean() < 0.3
+    orders = p[:, _P["order0"]:_P["order3"] + 1]
+    assert torch.equal(orders.sort(1).values, torch.arange(4.0).expand_as(orders))
+
+
+def test_paired_gain_interval():
+    from hipt.pretrain.evaluate import paired_gain_interval
+
+    rng = np.random.default_rng(0)
+    base = rng.random(400) < 0.7
+    better = base | (rng.random(400) < 0.5)  # fixes half of the base's errors, breaks none
+    g, lo, hi = paired_gain_interval(better, base)
+    assert g == pytest.approx(better.mean() - base.mean()) and 0 < lo < g < hi
+    g, lo, hi = paired_gain_interval(base, base)
+    assert g == lo == hi == 0.0  # identical classifiers: no spread at all
+    shuffled = rng.permutation(base)  # same accuracy, unrelated errors: an interval around 0
+    g, lo, hi = paired_gain_interval(shuffled, base)
+    assert lo < 0 < hi
+    with pytest.raises(ValueError):
+        paired_gain_interval(base, base[:10])
+
+
 def test_grid_multicrop_crops_are_subgrids():
     assert grid_crop_sizes(16) == (14, 6) and grid_crop_sizes(8) == (7, 3)
     d, h, w = 5, 8, 8

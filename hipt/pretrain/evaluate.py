@@ -58,15 +58,11 @@ def embed_grids(model: nn.Module, grids: torch.Tensor | np.ndarray, batch_size: 
     return torch.cat([model(grids[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(grids), batch_size)]).numpy()
 
 
-def knn_accuracy(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, k: int = 20,
-    balanced: bool = False,
-) -> float:
-    """Accuracy of a k-NN classifier (cosine similarity on L2-normalized features, uniform votes).
-
-    ``balanced=True``: the mean of the per-class recalls (chance = 1 / n_classes whatever the class
-    frequencies), for imbalanced labels.
-    """
+def knn_predict(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int = 20,
+) -> np.ndarray:
+    """Labels ``[N_test]`` predicted by a k-NN classifier (cosine similarity on L2-normalized
+    features, uniform votes, as DINO's KNN evaluation)."""
     from sklearn.neighbors import KNeighborsClassifier
 
     def l2(x):
@@ -75,12 +71,45 @@ def knn_accuracy(
 
     knn = KNeighborsClassifier(n_neighbors=min(k, len(train_x)), metric="euclidean")
     knn.fit(l2(train_x), np.asarray(train_y))
-    pred = knn.predict(l2(test_x))
+    return knn.predict(l2(test_x))
+
+
+def knn_accuracy(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, k: int = 20,
+    balanced: bool = False,
+) -> float:
+    """Accuracy of a k-NN classifier (:func:`knn_predict`).
+
+    ``balanced=True``: the mean of the per-class recalls (chance = 1 / n_classes whatever the class
+    frequencies), for imbalanced labels.
+    """
+    pred = knn_predict(train_x, train_y, test_x, k)
     if balanced:
         from sklearn.metrics import balanced_accuracy_score
 
         return float(balanced_accuracy_score(np.asarray(test_y), pred))
     return float((pred == np.asarray(test_y)).mean())
+
+
+def paired_gain_interval(
+    correct_new: np.ndarray, correct_base: np.ndarray, n_boot: int = 5000, level: float = 0.95, seed: int = 0,
+) -> tuple[float, float, float]:
+    """Accuracy gain of one classifier over another on the *same* test items, with a paired
+    bootstrap interval: ``(gain, low, high)``.
+
+    ``correct_new``, ``correct_base``: ``[N]`` booleans (item i classified correctly).  Resampling the
+    items (not each classifier separately) keeps the pairing, so the interval reflects only the items on
+    which the two disagree; a gain whose interval excludes 0 is not an accident of the test sample.
+    """
+    a = np.asarray(correct_new, dtype=np.float64)
+    b = np.asarray(correct_base, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"expected two [N] arrays of the same length, got {a.shape} and {b.shape}")
+    d = a - b
+    idx = np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))
+    boots = d[idx].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(d.mean()), float(np.quantile(boots, tail)), float(np.quantile(boots, 1 - tail))
 
 
 # ------------------------------------------------------------------------------------------------
