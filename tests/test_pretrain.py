@@ -418,8 +418,9 @@ def test_slide_patches_read_from_hipt_patch_regions(tmp_path):
 def test_region_truth_matches_feature_coords_to_phantom_regions(tmp_path):
     import h5py
 
+    from hipt.errors import InputFileError
     from hipt.phantom import load_truth, make_cohort
-    from hipt.pretrain.export import region_grids, region_truth
+    from hipt.pretrain.export import region_grids, region_tokens, region_truth
 
     cohort = make_cohort("context", tmp_path / "cohort", n_slides=2, regions_per_slide=2, region_size=1024,
                          n_variants=1, progress=False)
@@ -432,6 +433,7 @@ def test_region_truth_matches_feature_coords_to_phantom_regions(tmp_path):
         with h5py.File(feats_dir / f"{sid}.h5", "w") as f:
             f["coords"] = coords
             f["feats256"] = np.random.default_rng(0).standard_normal((len(coords), 16, 3)).astype(np.float32)
+            f["feats4k"] = np.arange(len(coords) * 5, dtype=np.float32).reshape(-1, 5) + 100 * len(expected)
         expected += [bool(v) for v in truth.informative[::-1]] + [None]
     regions = region_truth(feats_dir, cohort.table)
     assert len(regions) == len(expected)
@@ -440,6 +442,12 @@ def test_region_truth_matches_feature_coords_to_phantom_regions(tmp_path):
     assert set(regions["label"]) <= {0, 1}
     grids = region_grids(feats_dir, regions.iloc[:2])
     assert grids.shape == (2, 3, 4, 4)
+    picked = regions.iloc[[1, 4]]  # slide 0 region 1, slide 1 region 1 (each file's rows start at 100·3·i)
+    np.testing.assert_array_equal(region_tokens(feats_dir, picked), [np.arange(5, 10) + 0.0, np.arange(5, 10) + 300.0])
+    with h5py.File(feats_dir / f"{regions['slide_id'][0]}.h5", "a") as f:
+        del f["feats4k"]
+    with pytest.raises(InputFileError, match="no feats4k"):
+        region_tokens(feats_dir, regions)
 
 
 def test_stain_shift_is_deterministic_and_changes_colours():

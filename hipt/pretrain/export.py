@@ -152,17 +152,35 @@ def region_truth(features_dir: str | Path, table) -> "pd.DataFrame":  # noqa: F8
     return pd.DataFrame(rows)
 
 
-def region_grids(features_dir: str | Path, regions) -> np.ndarray:
-    """``[M, D, H, W]`` float32 feature grids of the rows of ``region_truth``'s table."""
+def _region_rows(features_dir: str | Path, regions, key: str) -> list:
+    """``key`` (``feats256`` or ``feats4k``) of each row of a ``region_truth`` table, reading each
+    slide's file once (rows of one slide are consecutive in ``region_truth``'s order)."""
+    from hipt.errors import InputFileError
     from hipt.features import load_features
-    from hipt.pretrain.augment import tokens_to_grid
 
     out, cache = [], {}
     for slide_id, j in zip(regions["slide_id"], regions["region"]):
         if slide_id not in cache:
-            cache = {slide_id: load_features(Path(features_dir) / f"{slide_id}.h5")["feats256"]}
-        out.append(tokens_to_grid(cache[slide_id][int(j)]).numpy())
-    return np.stack(out)
+            path = Path(features_dir) / f"{slide_id}.h5"
+            cache = {slide_id: load_features(path)}
+            if key not in cache[slide_id]:
+                raise InputFileError(path, f"no {key} in this features file",
+                                     "extract with a region encoder: hipt extract --vit4k ..." if key == "feats4k" else None)
+        out.append(cache[slide_id][key][int(j)])
+    return out
+
+
+def region_grids(features_dir: str | Path, regions) -> np.ndarray:
+    """``[M, D, H, W]`` float32 feature grids of the rows of ``region_truth``'s table."""
+    from hipt.pretrain.augment import tokens_to_grid
+
+    return np.stack([tokens_to_grid(t).numpy() for t in _region_rows(features_dir, regions, "feats256")])
+
+
+def region_tokens(features_dir: str | Path, regions) -> np.ndarray:
+    """``[M, D4k]`` float32 region tokens (``feats4k``, the ViT-4K [CLS]) of the rows of
+    ``region_truth``'s table."""
+    return np.stack([t.numpy() for t in _region_rows(features_dir, regions, "feats4k")])
 
 
 # ------------------------------------------------------------------------------------------------
