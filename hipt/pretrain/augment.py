@@ -180,7 +180,10 @@ class PatchMultiCrop:
         return 2 + self.n_local
 
     @staticmethod
-    def _draw(p_blur: float, p_solarize: float) -> torch.Tensor:
+    def draw_params(p_blur: float, p_solarize: float) -> torch.Tensor:
+        """The colour parameters of one view (``[13]``, columns :data:`PHOTOMETRIC_PARAMS`), from the
+        global torch RNG (:meth:`geometric` seeds it per patch).  Override to change the augmentation,
+        e.g. zero the ``jitter`` and ``gray`` columns to train without colour augmentation."""
         u = torch.rand(6)
         return torch.cat([
             (u[0:1] < 0.8).float(),  # jitter applied
@@ -199,7 +202,7 @@ class PatchMultiCrop:
             views, params = [], []
             for k, (p_blur, p_sol) in enumerate(self.view_probs):
                 views.append((self.global_crop if k < 2 else self.local_crop)(x))
-                params.append(self._draw(p_blur, p_sol))
+                params.append(self.draw_params(p_blur, p_sol))
         return views, torch.stack(params)
 
     def photometric(self, views: Sequence[torch.Tensor], params: torch.Tensor) -> list[torch.Tensor]:

@@ -165,7 +165,8 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
         # tiny ViT (the paper's 2048 serve a 384-d ViT-S): ~2 min on 2 CPU cores.  Measured on the
         # stain-shifted KNN (benchmarks/bench_dino_knn.py, 200 test patches, gain over random init):
         # 144 fp32 steps, hidden 2048: +0.05 in ~150 s; 192 bf16 steps, hidden 2048: +0.08 in 147 s;
-        # 192 bf16 steps, hidden 512: +0.065 (95% interval +0.02 to +0.115) in 127 s.  bf16 autocast
+        # 192 bf16 steps, hidden 512: +0.065 (95% interval +0.02 to +0.115) in 127 s; with 400 test
+        # patches +0.092 (+0.058 to +0.130), benchmarks/results/dino_knn.json.  bf16 autocast
         # is ~1.15x faster on these cores, and the augmentation's colour half runs batched
         # (benchmarks/bench_augment.py).
         1: dict(
@@ -320,7 +321,7 @@ def build_transform(config: PretrainConfig):
         return PatchMultiCrop(
             config.global_crop_size, config.local_crop_size, config.local_crops_number,
             tuple(config.global_crops_scale), tuple(config.local_crops_scale), config.normalization,
-            defer_photometric=True,  # colour work on whole batches in the training loop (4x faster)
+            defer_photometric=True,  # colour work on whole batches in the training loop (2.6x faster on 2 cores)
         )
     return GridMultiCrop(config.global_crop_size, config.local_crop_size, config.local_crops_number, config.grid_dropout)
 
