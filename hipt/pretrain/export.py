@@ -120,6 +120,29 @@ def _train_or_load(stage, preset, config, out, teacher_path, force, progress, da
 # ------------------------------------------------------------------------------------------------
 
 
+def _truth_matches(features_dir: str | Path, table):
+    """The regions of each slide's ``hipt extract`` file matched to the slide's phantom ground truth.
+
+    Yields, for each row ``i`` of ``table`` (``slide_id``, ``path``) whose ``<slide_id>.h5`` exists,
+    ``(i, h5 path, truth, coords [M, 2], match [M])``: ``match[j]`` is the index into ``truth.regions`` of
+    the truth region whose level-0 corner equals region ``j``'s corner, or −1 (e.g. a glass border region
+    kept by ``hipt patch``).
+    """
+    import h5py
+
+    from hipt.phantom import load_truth
+
+    for i, (slide_id, path) in enumerate(zip(table["slide_id"], table["path"])):
+        f = Path(features_dir) / f"{slide_id}.h5"
+        if not f.is_file():
+            continue
+        truth = load_truth(path)
+        corners = {(int(x), int(y)): k for k, (x, y, _, _) in enumerate(truth.regions)}
+        with h5py.File(f, "r") as h5:
+            coords = np.asarray(h5["coords"][:]).reshape(-1, 2)
+        yield i, f, truth, coords, np.array([corners.get((int(x), int(y)), -1) for x, y in coords], np.int64)
+
+
 def region_truth(features_dir: str | Path, table) -> "pd.DataFrame":  # noqa: F821
     """One row per region of the ``hipt extract`` files of a phantom cohort, with its ground truth.
 
@@ -132,23 +155,14 @@ def region_truth(features_dir: str | Path, table) -> "pd.DataFrame":  # noqa: F8
     ``informative`` (the region holds the label-defining arrangement; NaN for a region that is not one of
     the slide's truth regions, e.g. a glass border region kept by ``hipt patch``).
     """
-    import h5py
     import pandas as pd
 
-    from hipt.phantom import load_truth
-
     rows = []
-    for slide_id, label, path in zip(table["slide_id"], table["label"], table["path"]):
-        f = Path(features_dir) / f"{slide_id}.h5"
-        if not f.is_file():
-            continue
-        truth = load_truth(path)
-        boxes = {(int(x), int(y)): bool(inf) for (x, y, _, _), inf in zip(truth.regions, truth.informative)}
-        with h5py.File(f, "r") as h5:
-            coords = np.asarray(h5["coords"][:]).reshape(-1, 2)
-        for j, (x, y) in enumerate(coords):
-            rows.append({"slide_id": slide_id, "region": j, "x": int(x), "y": int(y), "label": int(label),
-                         "informative": boxes.get((int(x), int(y)), np.nan)})
+    for i, _, truth, coords, match in _truth_matches(features_dir, table):
+        slide_id, label = table["slide_id"].iloc[i], int(table["label"].iloc[i])
+        for j, ((x, y), k) in enumerate(zip(coords, match)):
+            rows.append({"slide_id": slide_id, "region": j, "x": int(x), "y": int(y), "label": label,
+                         "informative": bool(truth.informative[k]) if k >= 0 else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -199,28 +213,22 @@ def token_bank(features_dir: str | Path, table) -> dict[int, np.ndarray]:
 
     Args:
         features_dir: ``hipt extract`` files (``feats256``) of the cohort.
-        table: its cohort table (``slide_id``, ``path``, ``label``).
+        table: its cohort table (``slide_id``, ``path``).
 
     Returns:
         tissue code → ``[n_code, D]`` float32 tokens (only regions that are truth regions of their slide).
     """
     from hipt.features import load_features
-    from hipt.phantom import load_truth
 
     bank: dict[int, list[np.ndarray]] = {}
-    for slide_id, path in zip(table["slide_id"], table["path"]):
-        f = Path(features_dir) / f"{slide_id}.h5"
-        if not f.is_file():
-            continue
-        truth = load_truth(path)
-        # regions are matched to the truth by their level-0 corner, as region_truth does
-        layouts = {(int(x), int(y)): lay for (x, y, _, _), lay in zip(truth.regions, truth.region_layouts())}
-        feats = load_features(f)
-        for j, (x, y) in enumerate(np.asarray(feats["coords"]).reshape(-1, 2)):
-            lay = layouts.get((int(x), int(y)))
-            if lay is None:
+    for _, f, truth, _, match in _truth_matches(features_dir, table):
+        layouts = truth.region_layouts()
+        feats = load_features(f)["feats256"]
+        for j, k in enumerate(match):
+            if k < 0:
                 continue
-            tokens = np.asarray(feats["feats256"][j], dtype=np.float32)  # [n, D], row-major like lay.ravel()
+            lay = layouts[k]
+            tokens = np.asarray(feats[j], dtype=np.float32)  # [n, D], row-major like lay.ravel()
             if len(tokens) != lay.size:
                 raise ValueError(f"{f}: region {j} has {len(tokens)} tokens, its layout {lay.shape[0]}×{lay.shape[1]} cells")
             for code, tok in zip(lay.ravel(), tokens):
