@@ -209,14 +209,16 @@ class PatchMultiCrop:
         """Colour half of the augmentation on batches: ``ncrops`` uint8 ``[B, 3, h, w]`` views and their
         parameters ``[B, ncrops, 13]`` → ``ncrops`` normalized float ``[B, 3, h, w]``."""
         out = []
+        device = views[0].device if len(views) else "cpu"
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
         for k, v in enumerate(views):
             p = params[:, k].to(v.device, torch.float32)
             x = v.float() / 255.0
             flag = lambda name: (p[:, _P[name]] > 0.5).view(-1, 1, 1, 1)  # noqa: E731
-            y = x
+            y = x.clone()  # jittered copy, written in place below; x stays for the views without jitter
             order = p[:, _P["order0"]:_P["order3"] + 1].long()
             for r in range(4):  # the four colour operations, each view in its own order
-                y = y.clone()
                 for op in range(4):
                     idx = (order[:, r] == op).nonzero().squeeze(1)
                     if len(idx):
@@ -227,8 +229,6 @@ class PatchMultiCrop:
             if bool((sigma > 0).any()):
                 x = _gaussian_blur(x, sigma, self.blur_kernel)
             x = torch.where(flag("solarize") & (x >= 128 / 255), 1.0 - x, x)
-            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
             out.append((x - mean) / std)
         return out
 
