@@ -5,7 +5,7 @@ What HIPT looks at, at its three levels:
 - **ViT256-16** (patch level): the last block's [CLS] attention over the token grid of a 256-px patch
   (``[heads, 16, 16]`` for 16-px tokens), :func:`patch_attention`.
 - **ViT4096-256** (region level): the [CLS] attention over the grid of patch tokens of a region
-  (``[heads, 16, 16]`` for a 4096-px region, ``[heads, 8, 8]`` for the CPU book's 2048-px regions),
+  (``[heads, 16, 16]`` for a 4096-px region, ``[heads, 8, 8]`` for the CPU book's 1024-px regions of 128-px patches),
   :func:`region_cls_attention`.
 - **The slide model** (slide level): its attention-pooling weights over regions, :func:`slide_attention`.
 

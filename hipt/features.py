@@ -98,10 +98,12 @@ def _load_vit(spec: Any, kind: str) -> torch.nn.Module | None:
 
 
 def build_encoder(vit256: Any = "vit256_small_dino", vit4k: Any = "vit4k_xs_dino", *,
-                  normalization: str | tuple = "hipt", patch_batch: int = 256):
+                  normalization: str | tuple = "hipt", patch_batch: int = 256, patch_size: int = 256):
     """A :class:`hipt.models.HIPT4K` from model specs (modules, checkpoint names/paths/URLs, ``random:…``).
 
     ``vit4k=None`` builds a patch-token-only encoder (``feats256`` only: stage-2 pretraining data).
+    ``patch_size``: the side of the patches the ViT256 reads (256 as HIPT; the ``hipt patch`` coords
+    files must have been cut with the same size).
     """
     from hipt.models import HIPT4K
 
@@ -109,7 +111,7 @@ def build_encoder(vit256: Any = "vit256_small_dino", vit4k: Any = "vit4k_xs_dino
     if v256 is None:
         raise HIPTError("a ViT256 is needed (--vit256)")
     v4k = _load_vit(vit4k, "vit4k")
-    enc = HIPT4K(v256, v4k, normalization=normalization, patch_batch=patch_batch).eval()
+    enc = HIPT4K(v256, v4k, patch_size=patch_size, normalization=normalization, patch_batch=patch_batch).eval()
     enc.weights = {"vit256": _describe(vit256), "vit4k": _describe(vit4k)}  # type: ignore[attr-defined]
     return enc
 
@@ -544,6 +546,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch device (default: cuda[:LOCAL_RANK] if available, else cpu)")
     parser.add_argument("--batch-regions", type=int, default=1, help="regions per forward pass")
     parser.add_argument("--patch-batch", type=int, default=256, help="256-px patches per ViT256 call")
+    parser.add_argument("--patch-size", type=int, default=256,
+                        help="patch side the ViT256 reads; must match 'hipt patch --patch-size' (256 as HIPT)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers reading regions")
     parser.add_argument("--normalization", default="hipt", choices=["hipt", "imagenet"],
                         help="pixel normalization (hipt = mean=std=0.5, as the released checkpoints)")
@@ -564,7 +568,8 @@ def run(args: argparse.Namespace) -> int:
         device = f"cuda:{local % max(1, torch.cuda.device_count())}"
     if args.batch_regions < 1 or args.workers < 0:
         raise HIPTError("--batch-regions must be >= 1 and --workers >= 0")
-    model = build_encoder(args.vit256, args.vit4k, normalization=args.normalization, patch_batch=args.patch_batch)
+    model = build_encoder(args.vit256, args.vit4k, normalization=args.normalization, patch_batch=args.patch_batch,
+                          patch_size=args.patch_size)
     results = extract_folder(
         args.coords, args.out, model, slides=args.slides, batch_regions=args.batch_regions, workers=args.workers,
         dtype=args.dtype, device=device, storage_dtype=args.storage_dtype, overwrite=args.overwrite,

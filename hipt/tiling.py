@@ -557,7 +557,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "exit status: 0 = every slide ok (or already done); 1 = at least one slide failed (see summary.csv "
         "and the 'error:' lines), or the input does not exist / holds no slides; 2 = usage error.\n"
         "tips: slides without resolution metadata fail with 'resolution unknown': pass --mpp (e.g. 0.5 for a "
-        "20x scan, 0.25 for 40x); --min-tissue 0 keeps every region; the CPU book uses --region-size 2048."
+        "20x scan, 0.25 for 40x); --min-tissue 0 keeps every region; the CPU book's cohorts use --region-size 1024 "
+        "--patch-size 128 (8×8 patches per region)."
     )
     parser.add_argument("inputs", nargs="+", metavar="SLIDE_OR_FOLDER",
                         help="slide file(s) (.svs .ndpi .mrxs .tif …, or .png/.jpg with --mpp) or folder(s) of them")

@@ -9,16 +9,18 @@ each artefact once.
 
 Two presets:
 
-=========  ===========  ==============  =====================  ============================
-preset     region size  cohort          stage-1 model          stage-2 model
-=========  ===========  ==============  =====================  ============================
-``cpu``    2048 px      48 slides × 4   ViT256 192-d × 4       ViT4K 192-d × 2 (tiny)
-``paper``  4096 px      128 slides × 8  ViT-S/16 (384-d × 12)  ViT-XS (192-d × 6)
-=========  ===========  ==============  =====================  ============================
+=========  ==========================  ================  =====================  ======================
+preset     region (patches)            cohort            stage-1 model          stage-2 model
+=========  ==========================  ================  =====================  ======================
+``cpu``    1024 px (8×8 of 128 px)     32–64 slides × 4  ViT256 192-d × 4       ViT4K 192-d × 2 (tiny)
+``paper``  4096 px (16×16 of 256 px)   128 slides × 8    ViT-S/16 (384-d × 12)  ViT-XS (192-d × 6)
+=========  ==========================  ================  =====================  ======================
 
-The ``cpu`` preset keeps the physical scale (0.5 µm/px, 256-px patches, 16-px tokens) and shrinks
-the rest: cohorts of 48 slides (the ``context`` cohort 64), regions of 8×8 instead of 16×16 patches,
-a tiny ViT256 and a short DINO run, so the whole pipeline fits a few minutes on 2 CPU cores.
+The ``cpu`` preset keeps the physical scale (0.5 µm/px, 16-px tokens) and shrinks the rest: cohorts
+of 32–64 slides (``context`` 64, ``composition3`` 32, the others 48), patches of 128 px (the
+size the tiny stage-1 ViT is pretrained on, chapter 3) and regions of 8×8 patches (1024 px) instead of
+16×16 patches of 256 px, a tiny ViT256 and a short DINO run, so the whole pipeline fits a few minutes
+on 2 CPU cores.
 ``paper`` is the full-size setting for a GPU.
 
 All artefacts are deterministic from ``seed``; cache folders are named by their settings.
@@ -59,12 +61,17 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # bf16 extraction: 1.6x the fp32 throughput of the tiny ViT256 on 2 CPU cores (126 vs 81 patches/s)
-    "cpu": Preset("cpu", region_size=2048, patch_size=256, n_slides=48, regions_per_slide=4,
+    # bf16 extraction: 1.6x the fp32 throughput of the tiny ViT256 on 2 CPU cores (126 vs 81 patches/s
+    # at 256 px). 128-px patches: the stage-1 model's pretraining size (chapter 3); the region keeps its
+    # 8x8 grid, and a cohort generates, patches and extracts 5.3x faster than with 256-px patches
+    # (benchmarks/bench_cpu_geometry.py: 11 vs 59 s for 16 slides; extraction 513 vs 87 patches/s).
+    "cpu": Preset("cpu", region_size=1024, patch_size=128, n_slides=48, regions_per_slide=4,
                   pretrain_preset="cpu-tiny", extract_dtype="bf16", batch_regions=2,
                   # the context cohort carries the book's central question (and its noisy region
-                  # probes): it keeps 64 slides; the others use 48 to keep the CPU book build short
-                  cohort_sizes=(("context", 64),), stage2_cohort=("survival", 32)),
+                  # probes): it keeps 64 slides; composition3, which every model solves, 32 to keep
+                  # the CPU book build short; the others 48 (chapter 8's 25 % KNN needs > k slides)
+                  cohort_sizes=(("context", 64), ("composition3", 32)),
+                  stage2_cohort=("survival", 32)),
     "paper": Preset("paper", region_size=4096, patch_size=256, n_slides=128, regions_per_slide=8,
                     pretrain_preset="paper", extract_dtype="bf16", batch_regions=4,
                     stage2_cohort=("survival", 512)),
@@ -199,7 +206,7 @@ def _extract_locked(c, p: Preset, patch_dir: Path, out: Path, with_vit4k: bool, 
     if not table.is_file() or len(data_files(out, "*.h5")) < len(c.table):
         vit256 = stage1_model(p, progress)
         vit4k = stage2_model(p, progress) if with_vit4k else None
-        enc = build_encoder(vit256, vit4k)
+        enc = build_encoder(vit256, vit4k, patch_size=p.patch_size)
         results = extract_folder(patch_dir, out, enc, batch_regions=p.batch_regions, dtype=p.extract_dtype,
                                  device=_device(), progress=progress)
         failed = [r for r in results if getattr(r, "status", "ok") == "failed"]

@@ -185,3 +185,30 @@ def test_build_encoder_specs():
     assert enc.vit4k is None and enc.vit256.embed_dim == 192
     with pytest.raises(Exception, match="unknown model factory"):
         build_encoder("random:nope", None)
+
+
+def test_cli_extract_128px_patches(cohort, tmp_path, capsys):
+    """The CPU book's geometry: coords cut with 128-px patches need ``--patch-size 128``; without it the
+    error names the coords file and both sizes, and no feature file is written."""
+    from hipt.tiling import patch_folder
+
+    slides, _ = cohort
+    patch = tmp_path / "patch128"
+    patch_folder(slides, patch, region_size=256, patch_size=128, min_tissue=0.0, progress=False)
+    torch.manual_seed(1)
+    w256 = save_backbone(vit256_tiny(), tmp_path / "stage1.pth")
+    args = ["extract", "--coords", str(patch), "--slides", str(slides), "--vit256", str(w256), "--vit4k", "none",
+            "--workers", "0", "--no-progress", "--device", "cpu"]
+    bad = tmp_path / "bad"
+    assert cli.main(args + ["--out", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "patches of 128 px, but the encoder cuts 256-px patches" in err and "ph0.h5" in err
+    assert not list(bad.glob("*.h5"))
+    out = tmp_path / "out"
+    assert cli.main(args + ["--out", str(out), "--patch-size", "128"]) == 0
+    d = load_features(out / "ph1.h5")  # one 512-px slide: 2×2 regions of 2×2 128-px patches
+    assert d["feats256"].shape == (4, 4, 192) and d["attrs"]["patch_size"] == 128
+    enc = build_encoder(str(w256), None, patch_size=128)
+    with torch.no_grad():
+        ref = enc(torch.zeros(1, 3, 256, 256, dtype=torch.uint8))
+    assert ref.patches.shape == (1, 4, 192)

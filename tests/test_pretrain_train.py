@@ -199,3 +199,21 @@ def test_pretrained_trains_once_then_loads(tmp_path, monkeypatch):
     assert torch.allclose(first(x), second(x), atol=1e-6) and not second.training
     with pytest.raises(ValueError, match="tag"):
         pretrained(2, dataset=FeatureGrids.from_array(np.zeros((2, 4, 8), np.float32)))
+
+
+def test_stage2_cache_key_follows_its_data(tmp_path, monkeypatch):
+    """The book's stage-2 model is keyed by what its phantom data are made of: the stage-1 model and the
+    zoo preset's region and patch sizes (a cache from another geometry is never reused)."""
+    import dataclasses
+
+    from hipt import zoo
+    from hipt.pretrain.export import model_dir
+
+    monkeypatch.setenv("HIPT_CACHE", str(tmp_path / "cache"))
+    cfg2 = make_config(2, "cpu-tiny")
+    before = model_dir(cfg2)
+    assert before == model_dir(make_config(2, "cpu-tiny"))  # deterministic
+    other = dataclasses.replace(zoo.PRESETS["cpu"], region_size=2048, patch_size=256)
+    monkeypatch.setitem(zoo.PRESETS, "cpu", other)
+    assert model_dir(cfg2) != before
+    assert model_dir(make_config(1, "cpu-tiny")).name.startswith("stage1-cpu-")  # stage 1 does not depend on it

@@ -4,7 +4,7 @@ Every model reads the same bag, the dict that :mod:`hipt.tasks.datasets` builds 
 file (or from the slides of one patient, concatenated along M):
 
 - ``feats256`` ``[M, n, D]``: the ViT-256 [CLS] token of each of the n patches of each of the M regions
-  (row-major within a region; n = 256 for 4096-px regions, 64 for the CPU book's 2048-px regions);
+  (row-major within a region; n = 256 for 4096-px regions, 64 for the CPU book's 1024-px regions of 128-px patches);
 - ``feats4k`` ``[M, D4k]`` (optional): the ViT-4096 [CLS] token of each region;
 - ``coords`` ``[M, 2]`` (optional): each region's level-0 top-left ``(x, y)`` in pixels.
 

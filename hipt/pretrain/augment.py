@@ -17,7 +17,7 @@ px, zoom 0.6–1.7×).  The CPU preset keeps these ratios on 128-px patches (glo
 16-px token still sees about one nucleus, as in the paper and as at inference on 256-px patches.
 
 At stage 2 the paper crops 14×14 (global, 77 % of the area) and 6×6 (local, 14 %) tokens out of the
-16×16 grid of a 4096-px region.  The CPU book uses 2048-px regions, i.e. 8×8 grids; the same ratios
+16×16 grid of a 4096-px region.  The CPU book uses 1024-px regions of 128-px patches, i.e. 8×8 grids; the same ratios
 give 7×7 (77 %) and 3×3 (14 %) crops (:func:`grid_crop_sizes`).
 """
 

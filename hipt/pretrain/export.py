@@ -30,12 +30,17 @@ def model_dir(config: PretrainConfig, tag: str | None = None) -> Path:
 
     The same folder ``hipt.zoo`` uses, so the book's chapters share one trained model per setting.
     For stage 2 on the default phantom data the hash leaves out ``data`` (a cache path) and takes in
-    the stage-1 model of the same preset instead, whose features it trains on: a new stage-1 model
-    means a new stage-2 model, never a stale one.
+    what that data is made of instead: the stage-1 model of the same preset, whose features it trains
+    on, and the ``hipt.zoo`` preset's region and patch sizes.  A new stage-1 model or a new cohort
+    geometry means a new stage-2 model, never a stale one.
     """
     key = config
     if config.stage == 2 and config.data == "phantom":
-        key = config.replace(data=f"phantom:{model_dir(make_config(1, config.preset)).name}")
+        from hipt import zoo
+
+        p = zoo.get_preset("paper" if config.preset == "paper" else "cpu")
+        key = config.replace(data=f"phantom:{model_dir(make_config(1, config.preset)).name}"
+                                  f":r{p.region_size}p{p.patch_size}")
     name = f"stage{config.stage}-{'paper' if config.preset == 'paper' else 'cpu'}" + (f"-{tag}" if tag else "")
     return cache_dir("models") / f"{name}-{config_hash(key)}"
 
