@@ -12,8 +12,11 @@ Variants (``--variants`` picks a subset): ``base`` (the preset), ``long`` (100 e
 teacher temperature 0.04), ``more-regions`` (pretrain on the labelled survival cohort, 1.5x the regions),
 ``token-bank`` (pretrain on 4,096 distinct regions built from the pretraining cohort's real tokens,
 :func:`hipt.pretrain.export.token_bank`: ``context_region`` layouts, half informative, every cell a random
-real token of its tissue; 600 steps, a 1,024-prototype head with 512 hidden units, base LR 2e-3).
-The default runs all but ``more-regions`` (which extracts one more cohort).
+real token of its tissue; 600 steps, a 1,024-prototype head with 512 hidden units, base LR 2e-3),
+``sincos`` (2-D sine-cosine position embeddings at init instead of the reference's trunc-normal std
+0.02: ``pos_embed_init="sincos"``).  The default runs all but ``more-regions`` (which extracts one more
+cohort).  Each variant is also probed at its initialization (the same seed, before training), which
+separates what DINO learned from what the architecture gives for free.
 
 Every variant is probed three ways: on the context cohort's region grids (the book's question); on the
 same grids with each slide's mean token removed (:func:`hipt.pretrain.evaluate.slide_centred`: how much
@@ -22,7 +25,7 @@ slide shift; the arrangement is the only structure).
 
 Usage::
 
-    python benchmarks/bench_stage2_arrangement.py                 # five variants, ~13 min on 2 cores
+    python benchmarks/bench_stage2_arrangement.py                 # six variants, ~12 min on 2 cores
     python benchmarks/bench_stage2_arrangement.py --variants base long
 
 Results: ``benchmarks/results/stage2_arrangement.json`` (shown in chapter 4).
@@ -47,6 +50,7 @@ from hipt.pretrain.augment import tokens_to_grid  # noqa: E402
 from hipt.pretrain.data import FeatureGrids  # noqa: E402
 from hipt.pretrain.evaluate import embed_grids, probe_auc, slide_centred, token_adjacency_features  # noqa: E402
 from hipt.pretrain.export import bank_grids, region_grids, region_truth, token_bank  # noqa: E402
+from hipt.pretrain.trainer import build_backbone  # noqa: E402
 from hipt.reproduce import write_benchmark_result  # noqa: E402
 
 VARIANTS = {
@@ -57,13 +61,15 @@ VARIANTS = {
     "more-regions": {"_data": "survival"},
     "token-bank": {"_data": "token-bank", "epochs": 10, "steps_per_epoch": 60, "lr": 2e-3,
                    "head_hidden_dim": 512, "out_dim": 1024},
+    "sincos": {"pos_embed_init": "sincos"},
 }
 N_BANK_TRAIN, N_BANK_EVAL = 4096, 1000
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variants", nargs="+", default=["base", "long", "crops", "small-head", "token-bank"], choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=["base", "long", "crops", "small-head", "token-bank", "sincos"],
+                    choices=list(VARIANTS))
     ap.add_argument("--out", default="data/runs/bench_stage2_arrangement", help="run folders (retrained each time)")
     ap.add_argument("--no-record", action="store_true", help="do not write benchmarks/results/")
     args = ap.parse_args(argv)
@@ -113,11 +119,14 @@ def main(argv=None) -> int:
         train_s = time.perf_counter() - t0
         log = read_log(result.out_dir)
         auc = probe_auc({"dino": embed_grids(result.teacher, grids)}, y, groups)["dino"]
+        torch.manual_seed(cfg.seed)  # the same network before training: what DINO itself added
+        auc_r = probe_auc({"r": embed_grids(build_backbone(cfg, drop_path_rate=0.0), grids)}, y, groups)["r"]
         auc_c = probe_auc({"dino": embed_grids(result.teacher, centred)}, y, groups)["dino"]
         auc_b = probe_auc({"dino": embed_grids(result.teacher, bank_eval)}, y_bank)["dino"]
         rows.append({"variant": name, "changes": ", ".join(f"{k}={v}" for k, v in VARIANTS[name].items()) or "preset",
                      "pretraining regions": n_regions, "steps": len(log), "final loss": round(float(log["loss"].iloc[-1]), 3),
-                     "probe AUC, DINO ViT4K": round(auc, 3), "probe AUC, mean pooling": round(ref["mean"], 3),
+                     "probe AUC, DINO ViT4K": round(auc, 3), "probe AUC, same ViT4K at init": round(auc_r, 3),
+                     "probe AUC, mean pooling": round(ref["mean"], 3),
                      "probe AUC, adjacency ceiling": round(ref["adjacency"], 3),
                      "slide-centred: DINO": round(auc_c, 3), "slide-centred: mean pooling": round(ref["mean, centred"], 3),
                      "token-bank regions: DINO": round(auc_b, 3), "token-bank regions: mean pooling": round(ref["mean, bank"], 3),

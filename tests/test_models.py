@@ -251,6 +251,39 @@ def test_pos_embed_identity_on_stored_grid_and_interpolated_otherwise():
         torch.testing.assert_close(out[:, 0], pos[:, 0])
 
 
+def test_sincos_pos_embed_values_and_init_option():
+    from hipt.models import sincos_pos_embed
+
+    g, d = 6, 16
+    pe = sincos_pos_embed(g, d)
+    assert pe.shape == (1, 1 + g * g, d) and pe.dtype == torch.float32
+    assert torch.all(pe[0, 0] == 0)  # the [CLS] row
+    grid = pe[0, 1:].reshape(g, g, d)
+    # the first frequency is 1: channel 0 is sin(row), channel d/4 is cos(row), channel d/2 is sin(col)
+    rows = torch.arange(g, dtype=torch.float32)
+    torch.testing.assert_close(grid[:, 2, 0], rows.sin())
+    torch.testing.assert_close(grid[:, 2, d // 4], rows.cos())
+    torch.testing.assert_close(grid[3, :, d // 2], rows.sin())
+    # neighbours are closer than far cells: what lets attention find a token's neighbours
+    dist = lambda a, b: float((grid[a] - grid[b]).norm())  # noqa: E731
+    assert dist((2, 2), (2, 3)) < dist((2, 2), (2, 5)) and dist((2, 2), (3, 2)) < dist((2, 2), (5, 2))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_pos_embed(4, 10)
+    m = vit4k_tiny(pos_grid=g, input_embed_dim=8)
+    assert m.pos_embed.abs().max() < 0.1  # trunc-normal std 0.02, the reference's init
+    m.init_pos_embed("sincos")
+    torch.testing.assert_close(m.pos_embed.detach(), sincos_pos_embed(g, m.embed_dim))
+    assert m.pos_embed.requires_grad  # still trained
+    with pytest.raises(ValueError, match="unknown pos_embed init"):
+        m.init_pos_embed("learned")
+    from hipt.pretrain import make_config
+    from hipt.pretrain.trainer import build_backbone
+
+    assert make_config(2, "cpu-tiny").pos_embed_init == "trunc_normal" == make_config(2, "paper").pos_embed_init
+    b = build_backbone(make_config(2, "cpu-tiny", pos_embed_init="sincos"))
+    torch.testing.assert_close(b.pos_embed.detach(), sincos_pos_embed(b.pos_grid, b.embed_dim))
+
+
 def test_explicit_last_attention_agrees_with_fused_path():
     """The last block recomputed with an explicit softmax attention gives the fused block's output."""
     model = vit256_tiny().eval()

@@ -34,6 +34,7 @@ __all__ = [
     "ViT256",
     "ViT4K",
     "interpolate_pos_embed",
+    "sincos_pos_embed",
     "transformer_flops",
     "vit256_small",
     "vit256_tiny",
@@ -74,6 +75,27 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid_h: int, grid_w: int) -> 
         raise RuntimeError(f"position embedding resized to {tuple(patch_pos.shape[-2:])}, not {(grid_h, grid_w)}")
     patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, dim)
     return torch.cat((cls_pos, patch_pos), dim=1)
+
+
+def sincos_pos_embed(grid: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embeddings ``[1, 1 + grid·grid, dim]`` ([CLS] row zero).
+
+    Half of the channels encode the row, half the column, each as ``sin``/``cos`` of the position at
+    ``dim/4`` frequencies ``1/10000^(i/(dim/4))`` (the MAE / MoCo v3 recipe).  Neighbouring cells get
+    similar vectors, so attention can tell a token's neighbours from the start of training.
+    """
+    if dim % 4:
+        raise ValueError(f"sincos position embeddings need dim divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")
+    parts = []
+    for pos in (rows.flatten(), cols.flatten()):
+        angle = pos[:, None] * omega[None]  # [G·G, dim/4]
+        parts += [angle.sin(), angle.cos()]
+    table = torch.cat(parts, dim=1)  # [G·G, dim]
+    return torch.cat((torch.zeros(1, dim, dtype=torch.float64), table)).unsqueeze(0).float()
 
 
 def transformer_flops(n_tokens: int, dim: int, depth: int, mlp_ratio: float = 4.0) -> int:
@@ -140,6 +162,19 @@ class _ViTCore(nn.Module):
         trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
         self.apply(_init_module)
+
+    def init_pos_embed(self, kind: str = "trunc_normal") -> None:
+        """(Re)initialize ``pos_embed`` before training: ``"trunc_normal"`` (std 0.02, as the reference and
+        timm) or ``"sincos"`` (:func:`sincos_pos_embed`, still trained afterwards).  With std 0.02 the
+        positions are ~50× smaller than the tokens, and a ViT pretrained on a few hundred regions never
+        learns to use them (chapter 4); loaded checkpoints carry their own ``pos_embed``."""
+        with torch.no_grad():
+            if kind == "trunc_normal":
+                trunc_normal_(self.pos_embed, std=0.02)
+            elif kind == "sincos":
+                self.pos_embed.copy_(sincos_pos_embed(self.pos_grid, self.embed_dim))
+            else:
+                raise ValueError(f"unknown pos_embed init {kind!r}; choose 'trunc_normal' or 'sincos'")
 
     # -- tokens -------------------------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:  # pragma: no cover

@@ -104,6 +104,7 @@ class PretrainConfig:
     num_heads: int | None = None
     drop_path_rate: float = 0.1
     init_weights: str | None = None
+    pos_embed_init: str = "trunc_normal"
     # -- head
     out_dim: int = 4096
     head_hidden_dim: int = 2048
@@ -166,7 +167,8 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
         # stain-shifted KNN (benchmarks/bench_dino_knn.py, 200 test patches, gain over random init):
         # 144 fp32 steps, hidden 2048: +0.05 in ~150 s; 192 bf16 steps, hidden 2048: +0.08 in 147 s;
         # 192 bf16 steps, hidden 512: +0.065 (95% interval +0.02 to +0.115) in 127 s; with 400 test
-        # patches +0.092 (+0.058 to +0.130), benchmarks/results/dino_knn.json.  bf16 autocast
+        # patches +0.092 (+0.058 to +0.130) and, in a second fresh run, +0.100 (+0.062 to +0.138;
+        # benchmarks/results/dino_knn.json).  bf16 autocast
         # is ~1.15x faster on these cores, and the augmentation's colour half runs batched
         # (benchmarks/bench_augment.py).
         1: dict(
@@ -255,7 +257,9 @@ def build_backbone(config: PretrainConfig, drop_path_rate: float | None = None) 
         if getattr(config, name) is not None:
             kwargs[name] = getattr(config, name)
     dpr = config.drop_path_rate if drop_path_rate is None else drop_path_rate
-    return getattr(models, cls_name)(drop_path_rate=dpr, **kwargs)
+    model = getattr(models, cls_name)(drop_path_rate=dpr, **kwargs)
+    model.init_pos_embed(config.pos_embed_init)
+    return model
 
 
 def build_head(config: PretrainConfig, in_dim: int) -> DINOHead:
@@ -707,6 +711,8 @@ _HELP = {
     "normalization": "hipt (0.5/0.5, what inference uses) | imagenet (what the reference's stage 1 used)",
     "embed_dim": "override the arch's width (with --depth/--num-heads: custom sizes)",
     "init_weights": "start from a released-format checkpoint (continued pretraining)",
+    "pos_embed_init": "position embeddings at init: trunc_normal (std 0.02, the reference) or sincos (2-D "
+                      "sine-cosine; what a ViT4K pretrained on a few hundred regions needs to see arrangement)",
     "resume": "resume from <out_dir>/checkpoint.pth when present",
 }
 
