@@ -165,9 +165,11 @@ class _ViTCore(nn.Module):
 
     def init_pos_embed(self, kind: str = "trunc_normal") -> None:
         """(Re)initialize ``pos_embed`` before training: ``"trunc_normal"`` (std 0.02, as the reference and
-        timm) or ``"sincos"`` (:func:`sincos_pos_embed`, still trained afterwards).  With std 0.02 the
-        positions are ~50× smaller than the tokens, and a ViT pretrained on a few hundred regions never
-        learns to use them (chapter 4); loaded checkpoints carry their own ``pos_embed``."""
+        timm) or ``"sincos"`` (:func:`sincos_pos_embed`, still trained afterwards).  On the CPU book's
+        stage 2 the sincos ViT4K reads the phantom arrangement from its region token already at
+        initialization, the trunc-normal one hardly better than mean pooling, before and after DINO
+        (``benchmarks/bench_stage2_arrangement.py``, chapter 4).  Loaded checkpoints carry their own
+        ``pos_embed``."""
         with torch.no_grad():
             if kind == "trunc_normal":
                 trunc_normal_(self.pos_embed, std=0.02)

@@ -258,7 +258,8 @@ def build_backbone(config: PretrainConfig, drop_path_rate: float | None = None) 
             kwargs[name] = getattr(config, name)
     dpr = config.drop_path_rate if drop_path_rate is None else drop_path_rate
     model = getattr(models, cls_name)(drop_path_rate=dpr, **kwargs)
-    model.init_pos_embed(config.pos_embed_init)
+    if config.pos_embed_init != "trunc_normal":  # the constructor's init; no second draw (same RNG stream)
+        model.init_pos_embed(config.pos_embed_init)
     return model
 
 
@@ -712,7 +713,8 @@ _HELP = {
     "embed_dim": "override the arch's width (with --depth/--num-heads: custom sizes)",
     "init_weights": "start from a released-format checkpoint (continued pretraining)",
     "pos_embed_init": "position embeddings at init: trunc_normal (std 0.02, the reference) or sincos (2-D "
-                      "sine-cosine; what a ViT4K pretrained on a few hundred regions needs to see arrangement)",
+                      "sine-cosine; on the CPU book's stage 2 it makes the arrangement readable from the region "
+                      "token, at init already: chapter 4)",
     "resume": "resume from <out_dir>/checkpoint.pth when present",
 }
 
