@@ -3,7 +3,8 @@
 Stage 1: a ``cpu-tiny`` DINO run on phantom patches (train-or-load from the cache; ``--fresh``
 retrains, timed), then the KNN accuracy (k = 20, cosine) of
 the tissue type of held-out phantom patches (train and test drawn from other seeds than the
-pretraining data) from the [CLS] embedding of 256-px patches: the pretrained teacher versus the same
+pretraining data) from the [CLS] embedding of patches of the preset's patch size (128 px for cpu-tiny, the
+size of the book's CPU cohorts; ``--eval-px 256`` for HIPT's): the pretrained teacher versus the same
 network at random initialization (the baseline, measured in the same run).  Also on a *stain-shifted*
 test set (colour jitter of the test patches only; the KNN training set keeps the original colours),
 where colour alone no longer identifies the tissue.
@@ -51,8 +52,9 @@ def stage1(args, out_dir: Path) -> list[dict]:
     cfg, teacher, log = _pretrain(1, args, out_dir, overrides)
     train_s = float(log["time"].iloc[-1])
     n = args.n_eval
-    x_tr, y_tr = phantom_patches(n, seed=101, size=256)
-    x_te, y_te = phantom_patches(n, seed=102, size=256)
+    px = args.eval_px or cfg.patch_size
+    x_tr, y_tr = phantom_patches(n, seed=101, size=px)
+    x_te, y_te = phantom_patches(n, seed=102, size=px)
     x_sh = stain_shift(x_te, seed=103)
     torch.manual_seed(cfg.seed)
     models = {"random init": build_backbone(cfg, drop_path_rate=0.0).eval(), "DINO": teacher}
@@ -138,6 +140,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stage", choices=("1", "2", "both"), default="both")
     ap.add_argument("--quick", action="store_true", help="fewer evaluation patches (200 per split)")
     ap.add_argument("--n-eval", type=int, default=400, help="KNN train and test patches (each)")
+    ap.add_argument("--eval-px", type=int, default=None, help="KNN patch size (default: the preset's patch size)")
     ap.add_argument("--overrides", default="", help="JSON of stage-1 PretrainConfig overrides")
     ap.add_argument("--overrides2", default="", help="JSON of stage-2 PretrainConfig overrides")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -169,7 +172,8 @@ def main(argv=None) -> int:
 
         write_benchmark_result(
             "dino_knn", rows, title="KNN accuracy before/after DINO pretraining (phantom data)",
-            notes="cpu-tiny presets; stage 1: tissue type of held-out 256-px phantom patches (k=20, cosine), "
+            notes=f"cpu-tiny presets; stage 1: tissue type of {args.n_eval} held-out phantom patches of "
+                  f"{args.eval_px or make_config(1, 'cpu-tiny').patch_size} px (k=20, cosine), "
                   "stain shift = colour-jittered test set (gain over random init with a 95% paired-bootstrap "
                   "interval over the test patches); stage 2: informative regions of the context cohort "
                   "(k=5, train/test by slide)",
