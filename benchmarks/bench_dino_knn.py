@@ -52,9 +52,8 @@ def stage1(args, out_dir: Path) -> list[dict]:
     cfg, teacher, log = _pretrain(1, args, out_dir, overrides)
     train_s = float(log["time"].iloc[-1])
     n = args.n_eval
-    px = args.eval_px or cfg.patch_size
-    x_tr, y_tr = phantom_patches(n, seed=101, size=px)
-    x_te, y_te = phantom_patches(n, seed=102, size=px)
+    x_tr, y_tr = phantom_patches(n, seed=101, size=args.eval_px)
+    x_te, y_te = phantom_patches(n, seed=102, size=args.eval_px)
     x_sh = stain_shift(x_te, seed=103)
     torch.manual_seed(cfg.seed)
     models = {"random init": build_backbone(cfg, drop_path_rate=0.0).eval(), "DINO": teacher}
@@ -152,6 +151,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.n_eval = 200
+    if args.eval_px is None:  # resolved once: the stage-1 run's patch size (overrides included), for the record too
+        args.eval_px = make_config(1, "cpu-tiny", **(json.loads(args.overrides) if args.overrides else {})).patch_size
     if args.threads:
         torch.set_num_threads(args.threads)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
@@ -173,7 +174,7 @@ def main(argv=None) -> int:
         write_benchmark_result(
             "dino_knn", rows, title="KNN accuracy before/after DINO pretraining (phantom data)",
             notes=f"cpu-tiny presets; stage 1: tissue type of {args.n_eval} held-out phantom patches of "
-                  f"{args.eval_px or make_config(1, 'cpu-tiny').patch_size} px (k=20, cosine), "
+                  f"{args.eval_px} px (k=20, cosine), "
                   "stain shift = colour-jittered test set (gain over random init with a 95% paired-bootstrap "
                   "interval over the test patches); stage 2: informative regions of the context cohort "
                   "(k=5, train/test by slide)",
