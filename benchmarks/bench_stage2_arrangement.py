@@ -13,9 +13,10 @@ teacher temperature 0.04), ``more-regions`` (pretrain on the labelled survival c
 ``token-bank`` (pretrain on 4,096 distinct regions built from the pretraining cohort's real tokens,
 :func:`hipt.pretrain.export.token_bank`: ``context_region`` layouts, half informative, every cell a random
 real token of its tissue; 600 steps, a 1,024-prototype head with 512 hidden units, base LR 2e-3),
-``sincos`` (2-D sine-cosine position embeddings at init instead of the reference's trunc-normal std
-0.02: ``pos_embed_init="sincos"``).  The default runs all but ``more-regions`` (which extracts one more
-cohort).  Each variant is also probed at its initialization (the same seed, before training), which
+``sincos`` (2-D sine-cosine position embeddings at init: ``pos_embed_init="sincos"``, the ``cpu-tiny``
+preset's since it was measured here), ``trunc-normal`` (the reference's trunc-normal std 0.02, the
+preset's before).  The default runs all but ``more-regions`` (which extracts one more cohort) and
+``trunc-normal``.  Each variant is also probed at its initialization (the same seed, before training), which
 separates what DINO learned from what the architecture gives for free.
 
 Every variant is probed three ways: on the context cohort's region grids (the book's question); on the
@@ -62,6 +63,7 @@ VARIANTS = {
     "token-bank": {"_data": "token-bank", "epochs": 10, "steps_per_epoch": 60, "lr": 2e-3,
                    "head_hidden_dim": 512, "out_dim": 1024},
     "sincos": {"pos_embed_init": "sincos"},
+    "trunc-normal": {"pos_embed_init": "trunc_normal"},
 }
 N_BANK_TRAIN, N_BANK_EVAL = 4096, 1000
 

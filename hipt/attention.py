@@ -892,13 +892,16 @@ def train_slide_model(
     weight_decay: float = 1e-5,
     dropout: float = 0.25,
     seed: int = 0,
+    standardize: bool = True,
 ) -> nn.Module:
     """Train a small :class:`hipt.models.HIPTSlide` (frozen ``local_vit``) on bags of patch tokens.
 
     ``bags[i]`` ``[M_i, n, D]`` (``feats256`` of ``hipt extract``), ``labels[i]`` its class. The frozen
     ViT4K turns every bag into region tokens ``[M_i, D4k]`` once; the global part is then trained with
     the reference's recipe (Adam, lr 2e-4, weight decay 1e-5, one slide per step, cross-entropy), for
-    ``epochs`` epochs in a seeded random order. Returns the model in eval mode. The full training loop
+    ``epochs`` epochs in a seeded random order; with ``standardize`` (default) the region tokens are
+    z-scored with the training regions' statistics first, as ``hipt finetune`` does
+    (:meth:`~hipt.models.HIPTSlide.standardize_regions`). Returns the model in eval mode. The full training loop
     (accumulation, weighted sampling, folds) is :mod:`hipt.tasks.train`; this is the minimum the
     attention validation needs.
     """
@@ -909,6 +912,8 @@ def train_slide_model(
     model = HIPTSlide(n_classes=n_classes, local_vit=local_vit, local="frozen", dropout=dropout)
     with torch.no_grad():
         tokens = [model.encode_regions(torch.as_tensor(np.asarray(b, dtype=np.float32))) for b in bags]
+    if standardize:
+        model.standardize_regions(torch.cat(tokens))
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     opt = torch.optim.Adam(model.global_parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -933,7 +938,7 @@ def save_slide_model(model: nn.Module, path: str | Path) -> Path:
 
     cfg = {
         "n_classes": int(model.n_classes), "task": str(model.task), "local": str(model.local),
-        "local_vit": dict(model.local_vit.config),
+        "local_vit": dict(model.local_vit.config), "region_norm": model.region_norm is not None,
     }
     with atomic_path(path) as tmp:
         torch.save({"hipt_slide": cfg, "state_dict": model.state_dict()}, tmp)
@@ -979,6 +984,10 @@ def load_slide_model(path: str | Path) -> nn.Module:
         raise CheckpointError(path, f"not a HIPT slide model (no {e.args[0]})") from None
     model = HIPTSlide(n_classes=int(n_classes), local_vit=ViT4K(**vit_cfg), task=cfg.get("task", "classification"),
                       local=cfg.get("local", "frozen"))
+    if cfg.get("region_norm") or "region_norm.mean" in sd:
+        from hipt.models import FeatureStandardizer
+
+        model.region_norm = FeatureStandardizer(model.embed_dim)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise CheckpointError(path, f"does not match HIPTSlide: missing {missing[:5]}, unexpected {unexpected[:5]}")

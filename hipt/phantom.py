@@ -57,7 +57,8 @@ from hipt.errors import HIPTError, InputFileError
 from hipt.io import atomic_path, atomic_write_text
 
 __all__ = [
-    "TISSUES", "BACKGROUND", "TUMOUR", "STROMA", "LYMPHOCYTES", "ADIPOSE", "CELL", "MPP",
+    "TISSUES", "BACKGROUND", "TUMOUR", "STROMA", "LYMPHOCYTES", "ADIPOSE", "CELL", "MPP", "STAIN_JITTER",
+    "COHORT_STAIN_JITTER",
     "COHORT_KINDS", "render_patch", "phantom_patches", "TextureBank", "texture_bank",
     "PhantomTruth", "PhantomSlide", "make_slide", "load_truth", "truth_path", "random_layout",
     "context_region", "context_counts", "composition_region", "touches", "tile_regions", "Cohort", "make_cohort",
@@ -68,6 +69,7 @@ __all__ = [
 TISSUES: tuple[str, ...] = ("background", "tumour", "stroma", "lymphocytes", "adipose")
 BACKGROUND, TUMOUR, STROMA, LYMPHOCYTES, ADIPOSE = range(len(TISSUES))
 CELL = 256  #: default layout cell = one ViT-256 patch, in level-0 pixels
+STAIN_JITTER = 0.06  #: default per-slide stain jitter of :func:`make_slide`
 MPP = 0.5  #: default resolution, µm per pixel ("20×")
 
 # Optical densities of one unit of stain (per RGB channel).  Hematoxylin: purple-blue; eosin: pink.
@@ -737,7 +739,7 @@ def make_slide(
     quality: int = 80,
     bank_seed: int | None = None,
     n_variants: int = 8,
-    stain_jitter: float = 0.06,
+    stain_jitter: float = STAIN_JITTER,
     regions: np.ndarray | None = None,
     informative: np.ndarray | None = None,
     meta: dict | None = None,
@@ -1079,11 +1081,23 @@ class Cohort:
         return [Path(p) for p in self.table["path"]]
 
 
-def cohort_dir(kind: str, n_slides: int = 32, regions_per_slide: int = 4, region_size: int = 2048, seed: int = 0) -> Path:
-    """The default cache folder of a cohort: ``<cache>/phantom/<kind>_n.._r.._s.._seed..``."""
+#: Per-slide stain jitter (std of the optical-density multiplier, :func:`make_slide`) of each cohort kind.
+#: The arrangement cohorts draw every slide with the same stain, so that arrangement is the *only*
+#: difference between slides (matched composition, matched staining): with the composition cohorts'
+#: jitter, the slide-to-slide shift of the stage-1 tokens swamps the arrangement signal for the CPU
+#: book's 64 slides (chapter 6, exercise).
+COHORT_STAIN_JITTER = {"composition2": STAIN_JITTER, "composition3": STAIN_JITTER, "context": 0.0, "survival": 0.0}
+
+
+def cohort_dir(kind: str, n_slides: int = 32, regions_per_slide: int = 4, region_size: int = 2048, seed: int = 0,
+               stain_jitter: float | None = None) -> Path:
+    """The default cache folder of a cohort: ``<cache>/phantom/<kind>_n.._r.._s.._seed..[_sj..]``
+    (``_sj<jitter>`` when the stain jitter is not :data:`STAIN_JITTER`)."""
     from hipt.paths import cache_dir
 
-    return cache_dir("phantom") / f"{kind}_n{n_slides}_r{regions_per_slide}_s{region_size}_seed{seed}"
+    sj = COHORT_STAIN_JITTER.get(kind, STAIN_JITTER) if stain_jitter is None else float(stain_jitter)
+    tag = "" if sj == STAIN_JITTER else f"_sj{sj:g}"
+    return cache_dir("phantom") / f"{kind}_n{n_slides}_r{regions_per_slide}_s{region_size}_seed{seed}{tag}"
 
 
 def _survival_times(scores: np.ndarray, rng: np.random.Generator, beta: float, censor_fraction: float):
@@ -1161,6 +1175,7 @@ def make_cohort(
     *,
     n_variants: int = 8,
     quality: int = 80,
+    stain_jitter: float | None = None,
     progress: bool = True,
 ) -> Cohort:
     """Generate (or reuse) a phantom cohort of slides for a slide-level task.
@@ -1180,11 +1195,15 @@ def make_cohort(
       themselves come from the same bank.  Class 1 (``touching``): half to all of its regions are
       informative (the lymphocyte aggregate hugs the tumour nest); class 0 (``apart``): none is
       (lymphocytes at least one stroma cell away from tumour).  A bag of patches cannot separate the
-      classes; region context can.
+      classes; region context can.  Matched staining too: the slides have no stain jitter
+      (:data:`COHORT_STAIN_JITTER`), so the arrangement is the only difference between slides.
     - ``survival``: regions as in ``context``; each case (one slide) has ``n_informative`` uniform in
       0..k, ``arrangement_score = n_informative / k``, Weibull survival with hazard ∝
       exp(−2.5·(score − 0.5)) (contact is protective) and independent exponential censoring calibrated to
       ~35 % censored.  ``label`` = score ≥ 0.5.
+
+    ``stain_jitter``: the per-slide stain jitter (:func:`make_slide`); None: the kind's
+    (:data:`COHORT_STAIN_JITTER`: 0.06 for the composition cohorts, 0 for ``context`` and ``survival``).
 
     Re-running with the same arguments reuses the files (``cohort.json`` records them); a slide whose
     file and truth exist is not drawn again.  ``table.csv`` is written atomically.
@@ -1200,10 +1219,13 @@ def make_cohort(
         raise HIPTError(f"make_cohort: region_size {region_size} is not a multiple of patch_size {patch_size}")
     if n_slides < 1 or regions_per_slide < 1:
         raise HIPTError("make_cohort: n_slides and regions_per_slide must be ≥ 1")
-    out_dir = Path(out_dir) if out_dir is not None else cohort_dir(kind, n_slides, regions_per_slide, region_size, seed)
+    sj = COHORT_STAIN_JITTER[kind] if stain_jitter is None else float(stain_jitter)
+    out_dir = Path(out_dir) if out_dir is not None else cohort_dir(kind, n_slides, regions_per_slide, region_size, seed, sj)
     out_dir.mkdir(parents=True, exist_ok=True)
     params = dict(kind=kind, n_slides=n_slides, regions_per_slide=regions_per_slide, region_size=region_size,
                   patch_size=patch_size, seed=seed, n_variants=n_variants, quality=quality, version=1)
+    if sj != STAIN_JITTER:
+        params["stain_jitter"] = sj  # only when not the default: the composition cohorts' manifests stay valid
     class_names = _class_names(kind)
     manifest = out_dir / "cohort.json"
     table_csv = out_dir / "table.csv"
@@ -1234,7 +1256,7 @@ def make_cohort(
         if not _slide_done(path, meta):
             layout, boxes = tile_regions(plan["regions"])
             make_slide(path, layout, seed=int(_rng(seed, i, 0x5EED).integers(2**31)), bank_seed=seed,
-                       n_variants=n_variants, cell=patch_size, quality=quality, regions=boxes * patch_size,
+                       n_variants=n_variants, cell=patch_size, quality=quality, regions=boxes * patch_size, stain_jitter=sj,
                        informative=np.asarray(plan["informative"]), meta=meta)
         k = len(plan["informative"])
         row = dict(slide_id=slide_id, path=str(path), label=plan["label"], label_name=plan["label_name"],
@@ -1289,6 +1311,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--regions-per-slide", type=int, default=4)
     g.add_argument("--region-size", type=int, default=2048, help="region side in px (4096 as in the paper)")
     g.add_argument("--patch-size", type=int, default=256, help="patch = layout cell side in px")
+    g.add_argument("--stain-jitter", type=float, default=None,
+                   help="per-slide stain jitter (std of the optical-density multiplier); default: the kind's "
+                        f"({', '.join(f'{k} {v:g}' for k, v in COHORT_STAIN_JITTER.items())})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1303,7 +1328,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         out_dir = args.out_dir or args.out
         c = make_cohort(args.kind, out_dir, n_slides=args.n_slides, regions_per_slide=args.regions_per_slide,
-                        region_size=args.region_size, patch_size=args.patch_size, seed=args.seed)
+                        region_size=args.region_size, patch_size=args.patch_size, seed=args.seed,
+                        stain_jitter=args.stain_jitter)
         counts = c.table["label_name"].value_counts().to_dict()
         print(f"{c.out_dir}: {len(c.table)} slides ({counts}), table {c.out_dir / 'table.csv'} "
               f"({time.perf_counter() - t0:.1f} s)")

@@ -119,9 +119,10 @@ def _all_cores():
 
 # ------------------------------------------------------------------------------------------ data
 def cohort(kind: str, preset: str | Preset = "cpu", seed: int = 0, n_slides: int | None = None,
-           progress: bool = True):
+           progress: bool = True, stain_jitter: float | None = None):
     """The phantom cohort ``kind`` (``composition2``, ``composition3``, ``context``, ``survival``).
 
+    ``stain_jitter``: per-slide stain jitter; None: the kind's (:data:`hipt.phantom.COHORT_STAIN_JITTER`).
     Returns a :class:`hipt.phantom.Cohort` (``.table`` with ``slide_id, path, label, …``).
     """
     from hipt import phantom
@@ -130,16 +131,16 @@ def cohort(kind: str, preset: str | Preset = "cpu", seed: int = 0, n_slides: int
     n = dict(p.cohort_sizes).get(kind, p.n_slides) if n_slides is None else n_slides
     return phantom.make_cohort(kind, n_slides=n, regions_per_slide=p.regions_per_slide,
                                region_size=p.region_size, patch_size=p.patch_size, seed=seed,
-                               progress=progress)
+                               stain_jitter=stain_jitter, progress=progress)
 
 
 def patches(kind: str, preset: str | Preset = "cpu", seed: int = 0, n_slides: int | None = None,
-            progress: bool = True) -> Path:
+            progress: bool = True, stain_jitter: float | None = None) -> Path:
     """``hipt patch`` output folder (``coords/``, ``masks/``, ``thumbnails/``, ``summary.csv``) of a cohort."""
     from hipt.tiling import patch_folder
 
     p = get_preset(preset)
-    c = cohort(kind, p, seed, n_slides, progress)
+    c = cohort(kind, p, seed, n_slides, progress, stain_jitter)
     out = cache_dir("patches", c.out_dir.name)
     patch_folder(c.paths, out, region_size=p.region_size, patch_size=p.patch_size, progress=progress)
     return out
@@ -185,9 +186,10 @@ def _model_key(stage: int, p: Preset) -> str:
     return model_dir(make_config(stage, p.pretrain_preset)).name.rsplit("-", 1)[-1]
 
 
-def _extract(kind: str, p: Preset, seed: int, n_slides: int | None, with_vit4k: bool, progress: bool) -> Path:
-    c = cohort(kind, p, seed, n_slides, progress)
-    patch_dir = patches(kind, p, seed, n_slides, progress)
+def _extract(kind: str, p: Preset, seed: int, n_slides: int | None, with_vit4k: bool, progress: bool,
+             stain_jitter: float | None = None) -> Path:
+    c = cohort(kind, p, seed, n_slides, progress, stain_jitter)
+    patch_dir = patches(kind, p, seed, n_slides, progress, stain_jitter)
     tag = "feats" if with_vit4k else "feats256"
     # the folder names the models too: features of a retrained model never mix with stale ones
     models = [_model_key(1, p)] + ([_model_key(2, p)] if with_vit4k else [])
@@ -222,10 +224,12 @@ def _extract_locked(c, p: Preset, patch_dir: Path, out: Path, with_vit4k: bool, 
 
 
 def cohort_features(kind: str, preset: str | Preset = "cpu", seed: int = 0, n_slides: int | None = None,
-                    progress: bool = True) -> Path:
+                    progress: bool = True, stain_jitter: float | None = None) -> Path:
     """Folder of ``<slide>.h5`` (``feats256`` ``[M, n, D]``, ``feats4k`` ``[M, 192]``, ``coords``) and
-    ``table.csv`` for the phantom cohort ``kind``, from the preset's stage-1 and stage-2 models."""
-    return _extract(kind, get_preset(preset), seed, n_slides, with_vit4k=True, progress=progress)
+    ``table.csv`` for the phantom cohort ``kind``, from the preset's stage-1 and stage-2 models
+    (``stain_jitter``: see :func:`cohort`; the folder names follow it)."""
+    return _extract(kind, get_preset(preset), seed, n_slides, with_vit4k=True, progress=progress,
+                    stain_jitter=stain_jitter)
 
 
 def describe(preset: str | Preset = "cpu") -> dict:

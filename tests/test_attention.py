@@ -380,6 +380,8 @@ def test_slide_model_roundtrip(tmp_path):
     model = train_slide_model(bags, [i % 2 for i in range(6)], local_vit=vit4k, epochs=2)
     save_slide_model(model, tmp_path / "m.pt")
     again = load_slide_model(tmp_path / "m.pt")
+    assert again.region_norm is not None  # the training statistics travel with the model
+    torch.testing.assert_close(again.region_norm.std, model.region_norm.std)
     np.testing.assert_allclose(slide_attention(again, bags[0]), slide_attention(model, bags[0]), atol=1e-6)
     # a bare reference-style state dict (DataParallel prefix) loads too
     sd = {k.replace("local_vit.", "local_vit.module."): v for k, v in model.state_dict().items()}

@@ -279,9 +279,12 @@ def test_sincos_pos_embed_values_and_init_option():
     from hipt.pretrain import make_config
     from hipt.pretrain.trainer import build_backbone
 
-    assert make_config(2, "cpu-tiny").pos_embed_init == "trunc_normal" == make_config(2, "paper").pos_embed_init
-    b = build_backbone(make_config(2, "cpu-tiny", pos_embed_init="sincos"))
+    # the paper preset keeps the reference's init; the CPU book's stage 2 starts from sincos (chapter 4)
+    assert make_config(2, "paper").pos_embed_init == "trunc_normal" == make_config(1, "cpu-tiny").pos_embed_init
+    b = build_backbone(make_config(2, "cpu-tiny"))
     torch.testing.assert_close(b.pos_embed.detach(), sincos_pos_embed(b.pos_grid, b.embed_dim))
+    ref = build_backbone(make_config(2, "cpu-tiny", pos_embed_init="trunc_normal"))
+    assert 0.01 < float(ref.pos_embed[0, 1:].std()) < 0.03  # trunc-normal, std 0.02
 
 
 def test_explicit_last_attention_agrees_with_fused_path():
@@ -505,6 +508,26 @@ def test_slide_frozen_local_stays_eval_and_gets_no_grad():
     assert all(p.grad is not None for p in ft.local_vit.parameters())
     with pytest.raises(ValueError, match="precomputed"):
         ft(torch.randn(4, 192))
+
+
+def test_slide_standardize_regions():
+    model = HIPTSlide(2, local_vit=vit4k_tiny()).eval()
+    reference_keys = set(model.state_dict())
+    tokens = 0.8 + 0.005 * torch.randn(50, 192, dtype=torch.float64).float()  # nearly constant, as a tiny ViT4K's
+    tokens[:, 3] = 1.0  # a dimension constant on the training data: its std is floored, not 0
+    model.standardize_regions(tokens)
+    z = model.region_norm(tokens)
+    torch.testing.assert_close(z[:, :3].mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z[:, :3].std(0), torch.ones(3), atol=1e-4, rtol=0)
+    assert torch.isfinite(model.region_norm(tokens + 1)).all()
+    assert set(model.state_dict()) == reference_keys | {"region_norm.mean", "region_norm.std"}
+    with torch.no_grad():  # the same z-scored tokens whether the bag comes as patch tokens or region tokens
+        x = torch.randn(3, 64, 192)
+        torch.testing.assert_close(model(x)["logits"], model(model.encode_regions(x))["logits"])
+    with pytest.raises(ValueError, match="frozen"):
+        HIPTSlide(2, local="finetune", local_vit=vit4k_tiny()).standardize_regions(tokens)
+    with pytest.raises(ValueError, match=r"\[N, 192\]"):
+        model.standardize_regions(torch.randn(5, 7))
 
 
 def test_slide_non_square_grid_and_errors():

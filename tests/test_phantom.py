@@ -240,6 +240,23 @@ def test_make_cohort_idempotent(context_cohort):
     assert json.loads((context_cohort.out_dir / "cohort.json").read_text())["kind"] == "context"
 
 
+def test_arrangement_cohorts_have_matched_staining(context_cohort, tmp_path):
+    # context and survival: no per-slide stain jitter (the arrangement is the only slide-to-slide difference)
+    for _, row in context_cohort.table.iterrows():
+        np.testing.assert_array_equal(P.load_truth(row["path"]).stain, np.ones(3, np.float32))
+    assert json.loads((context_cohort.out_dir / "cohort.json").read_text())["stain_jitter"] == 0.0
+    assert P.cohort_dir("context", 64, 4, 1024).name == "context_n64_r4_s1024_seed0_sj0"
+    assert P.cohort_dir("survival", 32, 4, 1024, seed=1).name.endswith("_seed1_sj0")
+    # the composition cohorts keep the default jitter, and their folder names (and caches)
+    assert P.cohort_dir("composition2", 48, 4, 1024).name == "composition2_n48_r4_s1024_seed0"
+    c = P.make_cohort("composition2", tmp_path / "c2", n_slides=2, regions_per_slide=1, region_size=1024,
+                      patch_size=128, n_variants=1, progress=False)
+    assert "stain_jitter" not in json.loads((c.out_dir / "cohort.json").read_text())
+    assert (P.load_truth(c.table["path"][0]).stain != 1).any()
+    # an explicit jitter is recorded, and changes the default folder
+    assert P.cohort_dir("context", 64, 4, 1024, stain_jitter=0.06).name == "context_n64_r4_s1024_seed0"
+
+
 def test_survival_plan_columns_and_censoring():
     plans = P._cohort_plan("survival", 300, 4, 8, seed=0)
     months = np.array([p["survival_months"] for p in plans])
@@ -274,10 +291,11 @@ def test_cli_cohort(tmp_path, capsys):
 
     out = tmp_path / "coh"
     args = ["phantom", "cohort", "--kind", "composition2", "--out", str(out), "--n-slides", "2",
-            "--regions-per-slide", "1", "--region-size", "1024", "--seed", "3"]
+            "--regions-per-slide", "1", "--region-size", "1024", "--seed", "3", "--stain-jitter", "0"]
     assert main(args) == 0
     t = pd.read_csv(out / "table.csv")
     assert len(t) == 2 and set(t["label_name"]) <= {"tumour_rich", "stroma_rich"}
+    assert json.loads((out / "cohort.json").read_text())["stain_jitter"] == 0.0
     assert "2 slides" in capsys.readouterr().out
 
 

@@ -394,3 +394,38 @@ def test_permutation_null_shuffles_outcomes_by_case_and_keeps_the_folds(cohort, 
         assert not t[col].equals(orig[col])
     again = permutation_null(cfg, n_permutations=2, seed=0, out=tmp_path / "null2")
     pd.testing.assert_frame_equal(null, again)  # deterministic from the seed
+
+
+def test_standardized_hipt_learns_from_nearly_constant_region_tokens(tmp_path):
+    """Region tokens that differ from slide to slide by a tiny fraction of their size (a small or briefly
+    trained ViT4K's): HIPT's head fits them once z-scored with the training statistics, not raw."""
+    rng = np.random.default_rng(0)
+    feats = tmp_path / "features"
+    feats.mkdir()
+    rows = []
+    for i in range(40):
+        y = i % 2
+        tokens = 0.8 + 0.004 * rng.normal(size=(3, 192))
+        tokens[:, :8] += 0.006 * y  # the class: 1.5 token standard deviations along 8 dimensions
+        with h5py.File(feats / f"s{i}.h5", "w") as f:
+            f["feats4k"] = tokens.astype(np.float32)
+            f["feats256"] = np.zeros((3, 4, 192), np.float32)
+            f["coords"] = (np.arange(6).reshape(3, 2) * 512).astype(np.int64)
+        rows.append({"slide_id": f"s{i}", "label": y, "case_id": f"c{i}"})
+    table = pd.DataFrame(rows)
+    table.to_csv(tmp_path / "table.csv", index=False)
+    make_splits(table, 2, "subtype", seed=0, out_dir=tmp_path / "splits", val_frac=0.1, test_frac=0.3)
+    cfg = FinetuneConfig(features_dir=str(feats), task=str(tmp_path / "table.csv"), splits_dir=str(tmp_path / "splits"),
+                         method="hipt", out=str(tmp_path / "out"), max_epochs=10, accumulation=4, lr=1e-3,
+                         fractions=[1.0], verbose=False, device="cpu")
+    std = [train_fold(cfg, k, write=False) for k in range(2)]
+    assert all(r.model.slide.region_norm is not None for r in std)
+    from hipt.tasks.tcga import load_task
+
+    train_ids = set(load_task(cfg.task, splits_dir=cfg.splits_dir).fold(0).train)
+    expected = np.concatenate([h5py.File(feats / f"{s}.h5")["feats4k"][:] for s in table.slide_id if s in train_ids])
+    np.testing.assert_allclose(std[0].model.slide.region_norm.mean.numpy(), expected.mean(0), rtol=1e-5)
+    assert np.mean([r.metric("test", "auc") for r in std]) > 0.85
+    raw = train_fold(cfg.replace(standardize=False, max_epochs=1), 0, write=False)
+    assert raw.model.slide.region_norm is None
+    assert set(raw.records["method"]) == {"hipt_raw"} and set(std[0].records["method"]) == {"hipt"}

@@ -15,7 +15,7 @@
 """
 
 from hipt.models.hipt4k import HIPT4K, NORMALIZATION, HIPT4KOutput, normalize, patchify
-from hipt.models.slide import AttnNetGated, HIPTSlide
+from hipt.models.slide import AttnNetGated, FeatureStandardizer, HIPTSlide
 from hipt.models.vit import (
     ViT4K,
     ViT256,
@@ -35,6 +35,7 @@ __all__ = [
     "HIPT4KOutput",
     "NORMALIZATION",
     "AttnNetGated",
+    "FeatureStandardizer",
     "HIPTSlide",
     "ViT4K",
     "ViT256",

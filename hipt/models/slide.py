@@ -17,8 +17,14 @@ for 2 classes; 3,376,515 with the local ViT-XS), so a reference fine-tuned check
 are accepted too and renamed on load.
 
 Differences from the reference, on purpose: a frozen local ViT stays in eval mode under ``.train()``
-(the reference left it in train mode), and precomputed region features ``[M, 192]`` may be passed
-instead of the patch tokens to skip the frozen local ViT (a large speed-up when training).
+(the reference left it in train mode), precomputed region features ``[M, 192]`` may be passed
+instead of the patch tokens to skip the frozen local ViT (a large speed-up when training), and the
+region tokens of a frozen ViT can be z-scored with training statistics before ``global_phi``
+(:meth:`HIPTSlide.standardize_regions`, used by ``hipt finetune`` unless ``--no-standardize``).  A
+small or briefly trained ViT4K gives region tokens that differ from region to region by a tiny
+fraction of their size (the book's CPU stage-2 model: per dimension, a standard deviation of about
+1 % of the mean); the reference's head, fed them raw, outputs the same logits for every slide and
+does not even fit its training slides (chapter 6).  Without it, the ``state_dict`` is the reference's.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from torch import nn
 
 from hipt.models.vit import ViT4K, vit4k_xs
 
-__all__ = ["AttnNetGated", "HIPTSlide"]
+__all__ = ["AttnNetGated", "FeatureStandardizer", "HIPTSlide"]
 
 LocalMode = Literal["frozen", "finetune", "scratch"]
 
@@ -58,6 +64,35 @@ class AttnNetGated(nn.Module):
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.attention_c(self.attention_a(h) * self.attention_b(h)), h
+
+
+class FeatureStandardizer(nn.Module):
+    """``(x − mean) / std`` per feature dimension, with fixed statistics (buffers ``mean``, ``std`` ``[D]``).
+
+    The normalization that linear probes of frozen features use (MAE's BatchNorm without affine
+    parameters), fitted once on training features with :meth:`fit`.  ``std`` is floored at
+    ``1e-3 × max(std)`` so that a dimension constant on the training data cannot blow up.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @classmethod
+    def fit(cls, x: torch.Tensor) -> FeatureStandardizer:
+        """Statistics of ``x`` ``[N, D]`` (float64 accumulation)."""
+        x = torch.as_tensor(x).detach().reshape(-1, torch.as_tensor(x).shape[-1]).double()
+        if len(x) < 2:
+            raise ValueError(f"FeatureStandardizer.fit needs at least 2 feature vectors, got {len(x)}")
+        out = cls(x.shape[1])
+        std = x.std(dim=0)
+        out.mean.copy_(x.mean(dim=0).float())
+        out.std.copy_(std.clamp_min(1e-3 * float(std.max()) + 1e-12).float())
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
 class HIPTSlide(nn.Module):
@@ -122,6 +157,7 @@ class HIPTSlide(nn.Module):
         self.global_attn_pool = AttnNetGated(L=d, D=d, dropout=dropout, n_out=1)
         self.global_rho = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(dropout))
         self.classifier = nn.Linear(d, n_classes)
+        self.add_module("region_norm", None)  # FeatureStandardizer after standardize_regions()
         if local == "frozen":
             for p in self.local_vit.parameters():
                 p.requires_grad_(False)
@@ -138,6 +174,18 @@ class HIPTSlide(nn.Module):
     def global_parameters(self) -> list[nn.Parameter]:
         """Parameters of the global part (everything except ``local_vit``)."""
         return [p for n, p in self.named_parameters() if not n.startswith("local_vit.")]
+
+    def standardize_regions(self, tokens: torch.Tensor) -> HIPTSlide:
+        """Z-score region tokens before ``global_phi`` with the statistics of ``tokens`` ``[N, D4k]`` (the
+        frozen ViT4K's tokens of the training regions).  Frozen mode only: a trained ViT moves its tokens."""
+        if self.local != "frozen":
+            raise ValueError(f"standardize_regions needs a frozen local ViT; local={self.local!r} changes the tokens")
+        tokens = torch.as_tensor(tokens)
+        if tokens.ndim != 2 or tokens.shape[1] != self.embed_dim:
+            raise ValueError(f"region tokens must be [N, {self.embed_dim}], got {tuple(tokens.shape)}")
+        dev = self.classifier.weight.device
+        self.region_norm = FeatureStandardizer.fit(tokens).to(dev)
+        return self
 
     def encode_regions(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         """Patch tokens ``[M, n, D256]`` → region tokens ``[M, D4k]`` (``[M, D4k]`` input passes through)."""
@@ -168,7 +216,10 @@ class HIPTSlide(nn.Module):
         return self.local_vit(g)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
-        h = self.global_phi(self.encode_regions(x, grid))
+        h = self.encode_regions(x, grid)
+        if self.region_norm is not None:
+            h = self.region_norm(h)
+        h = self.global_phi(h)
         h = self.global_transformer(h.unsqueeze(1)).squeeze(1)  # sequence = regions, batch = 1
         a, h = self.global_attn_pool(h)  # [M, 1]
         a = a.transpose(1, 0)  # [1, M]

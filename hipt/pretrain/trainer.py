@@ -183,11 +183,15 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
         # (loss = ln K) within ~20 steps on the phantom cohorts: every region holds the same tissue
         # mixture, so at initialization all global views give the same teacher output (cosine
         # similarity ~0.99) and centring leaves nothing.  DINO's BatchNorm head and a sharper teacher
-        # (0.02) keep the run alive; see book/04_dino_stage2.md.
+        # (0.02) keep the run alive; see book/04_dino_stage2.md.  2-D sine-cosine position embeddings
+        # at init: with the reference's trunc-normal (std 0.02) ones, a tiny ViT4K trained for 120 CPU
+        # steps cannot tell where a token sits, and its region token keeps no arrangement (linear
+        # probe 0.56, no better than mean pooling; with sincos 0.75: benchmarks/bench_stage2_arrangement.py).
         2: dict(
             arch="vit4k_tiny", input_embed_dim=192, data="phantom", global_crop_size=7, local_crop_size=3,
             out_dim=4096, batch_size_per_gpu=32, epochs=30, warmup_epochs=3, momentum_teacher=0.99,
             drop_path_rate=0.1, use_bn_in_head=True, warmup_teacher_temp=0.02, teacher_temp=0.02,
+            pos_embed_init="sincos",
             checkpoint_every=200, out_dir="data/runs/pretrain_stage2",
         ),
     },
@@ -713,9 +717,9 @@ _HELP = {
     "normalization": "hipt (0.5/0.5, what inference uses) | imagenet (what the reference's stage 1 used)",
     "embed_dim": "override the arch's width (with --depth/--num-heads: custom sizes)",
     "init_weights": "start from a released-format checkpoint (continued pretraining)",
-    "pos_embed_init": "position embeddings at init: trunc_normal (std 0.02, the reference) or sincos (2-D "
-                      "sine-cosine; on the CPU book's stage 2 it makes the arrangement readable from the region "
-                      "token, at init already: chapter 4)",
+    "pos_embed_init": "position embeddings at init: trunc_normal (std 0.02, the reference; the paper preset) or "
+                      "sincos (2-D sine-cosine; the cpu-tiny stage-2 default: a short run of a tiny ViT4K reads "
+                      "the arrangement of a region only with it, at init already: chapter 4)",
     "resume": "resume from <out_dir>/checkpoint.pth when present",
 }
 

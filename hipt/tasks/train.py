@@ -82,7 +82,10 @@ class FinetuneConfig:
     the task's).
 
     Model: ``method`` (see ``hipt.models.mil.METHODS``), ``dropout``, ``hipt_local``
-    (``"frozen"``/``"finetune"``/``"scratch"``) and ``vit4k_weights`` for HIPT's ViT-4096.
+    (``"frozen"``/``"finetune"``/``"scratch"``) and ``vit4k_weights`` for HIPT's ViT-4096;
+    ``standardize=True``: frozen HIPT z-scores its region tokens with the statistics of the fold's
+    training regions (:meth:`hipt.models.HIPTSlide.standardize_regions`; a departure from the reference,
+    which feeds them raw: ``False`` reproduces it).
 
     Optimization (reference defaults): ``max_epochs=20``, ``lr=2e-4``, ``weight_decay=1e-5``,
     ``accumulation=32`` slides per optimizer step, ``reference_accumulation=False`` (True: the
@@ -109,6 +112,7 @@ class FinetuneConfig:
     task_name: str | None = None
     dropout: float = 0.25
     hipt_local: str = "frozen"
+    standardize: bool = True
     vit4k_weights: str | None = None
     max_epochs: int = 20
     lr: float = 2e-4
@@ -337,9 +341,12 @@ def _frac_tag(fraction: float) -> str:
 
 
 def method_name(config: FinetuneConfig) -> str:
-    """The method's name in the records: ``hipt_finetune``/``hipt_scratch`` for HIPT's ViT-4096 variants."""
+    """The method's name in the records: ``hipt_finetune``/``hipt_scratch`` for HIPT's ViT-4096 variants,
+    ``hipt_raw`` for frozen HIPT without standardized region tokens (the reference's head)."""
     if config.method == "hipt" and config.hipt_local != "frozen":
         return f"hipt_{config.hipt_local}"
+    if config.method == "hipt" and not config.standardize:
+        return "hipt_raw"
     return config.method
 
 
@@ -429,7 +436,12 @@ def train_fold(
     n_outputs = config.n_bins if survival else task.n_classes
 
     seed_everything(config.seed)
-    model = _build(config, in_dim, n_outputs, survival, local_vit).to(device)
+    model = _build(config, in_dim, n_outputs, survival, local_vit)
+    if config.standardize and config.method == "hipt" and config.hipt_local == "frozen":
+        # region tokens of the training regions only (val/test never leak into the statistics)
+        model.slide.standardize_regions(torch.cat([train.load(i)["feats4k"].float().reshape(-1, in_dim)
+                                                   for i in range(len(train))]))
+    model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     g = torch.Generator().manual_seed(config.seed)
@@ -562,6 +574,7 @@ def phantom_task(
     val_frac: float = 0.15,
     test_frac: float = 0.25,
     progress: bool = False,
+    stain_jitter: float | None = None,
 ) -> dict[str, str]:
     """A phantom cohort as a fine-tuning task: its features (from :func:`hipt.zoo.cohort_features`),
     its table and generated split files, as :class:`FinetuneConfig` fields.
@@ -569,14 +582,16 @@ def phantom_task(
     ``composition2``/``composition3``/``context``: Monte-Carlo subtyping folds (train/val/test; the
     small CPU cohorts get larger val/test fractions than TCGA's 10 %/10 % so that a test set holds more
     than a handful of slides).  ``survival``: ``n_folds``-fold cross-validation over cases.  Split
-    files are written once beside the features (``splits_<kind>_k<n>_seed<s>/``).
+    files are written once beside the features (``splits_<kind>_k<n>_seed<s>/``).  ``stain_jitter``: the
+    cohort's per-slide stain jitter (None: the kind's, :data:`hipt.phantom.COHORT_STAIN_JITTER`).
 
     Returns ``{"features_dir", "task", "splits_dir", "kind", "task_name"}``.
     """
     from hipt import zoo
     from hipt.tasks.splits import make_splits
 
-    feats = Path(zoo.cohort_features(kind, preset=preset, n_slides=n_slides, progress=progress))
+    feats = Path(zoo.cohort_features(kind, preset=preset, n_slides=n_slides, progress=progress,
+                                     stain_jitter=stain_jitter))
     table = feats / "table.csv"
     split_kind = "survival" if kind == "survival" else "subtype"
     tag = f"splits_{split_kind}_k{n_folds}_v{val_frac:g}_t{test_frac:g}_seed{seed}"
@@ -614,6 +629,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dropout", type=float, default=d.dropout)
     parser.add_argument("--hipt-local", default=d.hipt_local, choices=["frozen", "finetune", "scratch"],
                         help="HIPT's ViT-4096: frozen pretrained, fine-tuned, or trained from scratch")
+    parser.add_argument("--no-standardize", action="store_true",
+                        help="feed frozen HIPT's region tokens raw, as the reference (default: z-scored with the "
+                             "training regions' statistics; raw tokens of a small or briefly trained ViT-4096 "
+                             "can be nearly identical across slides, and the slide head then learns nothing)")
     parser.add_argument("--vit4k-weights", default=None,
                         help="HIPT's ViT-4096 weights (registry name, path or URL; e.g. vit4k_xs_dino)")
     parser.add_argument("--device", default=d.device)
@@ -634,6 +653,7 @@ def run(args: argparse.Namespace) -> int:
         max_epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, accumulation=args.accumulation,
         reference_accumulation=args.reference_accumulation, weighted_sample=not args.no_weighted_sample,
         selection=args.selection, seed=args.seed, dropout=args.dropout, hipt_local=args.hipt_local,
+        standardize=not args.no_standardize,
         vit4k_weights=args.vit4k_weights, device=args.device, precision=args.precision, num_workers=args.workers, cache_mb=args.cache_mb,
         missing=args.missing, resume=not args.no_resume, save_model=args.save_model,
     )
