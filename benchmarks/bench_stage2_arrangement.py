@@ -1,8 +1,9 @@
 """Does any CPU-sized stage-2 DINO run make the region token encode arrangement?
 
-Chapter 4 finds that the ``cpu-tiny`` stage-2 ViT4K keeps little of the arrangement that the
+Chapter 4 finds that the ``cpu-tiny`` stage-2 ViT4K keeps only part of the arrangement that the
 ``context`` cohort's labels depend on, although the stage-1 grids contain it (a k-means adjacency
-reader recovers it).  This script retrains stage 2 with several variants and records, for each, the
+reader recovers it), and that the part it keeps comes mostly from its sine-cosine position embeddings
+rather than from DINO.  This script retrains stage 2 with several variants and records, for each, the
 linear-probe AUC (5-fold, grouped by slide) of "this region is informative" on the held-out context
 cohort, next to the two references: mean-pooled patch tokens (cannot see arrangement) and the
 adjacency counts of stage-1 token clusters (the ceiling).
