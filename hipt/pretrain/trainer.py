@@ -186,7 +186,8 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
         # (0.02) keep the run alive; see book/04_dino_stage2.md.  2-D sine-cosine position embeddings
         # at init: with the reference's trunc-normal (std 0.02) ones, a tiny ViT4K trained for 120 CPU
         # steps cannot tell where a token sits, and its region token keeps no arrangement (linear
-        # probe 0.56, no better than mean pooling; with sincos 0.75: benchmarks/bench_stage2_arrangement.py).
+        # probe 0.49 vs 0.46 for mean pooling; with sincos 0.75, of which 0.74 before training:
+        # benchmarks/bench_stage2_arrangement.py).
         2: dict(
             arch="vit4k_tiny", input_embed_dim=192, data="phantom", global_crop_size=7, local_crop_size=3,
             out_dim=4096, batch_size_per_gpu=32, epochs=30, warmup_epochs=3, momentum_teacher=0.99,
