@@ -938,7 +938,7 @@ def save_slide_model(model: nn.Module, path: str | Path) -> Path:
 
     cfg = {
         "n_classes": int(model.n_classes), "task": str(model.task), "local": str(model.local),
-        "local_vit": dict(model.local_vit.config), "region_norm": model.region_norm is not None,
+        "local_vit": dict(model.local_vit.config),
     }
     with atomic_path(path) as tmp:
         torch.save({"hipt_slide": cfg, "state_dict": model.state_dict()}, tmp)
@@ -984,7 +984,7 @@ def load_slide_model(path: str | Path) -> nn.Module:
         raise CheckpointError(path, f"not a HIPT slide model (no {e.args[0]})") from None
     model = HIPTSlide(n_classes=int(n_classes), local_vit=ViT4K(**vit_cfg), task=cfg.get("task", "classification"),
                       local=cfg.get("local", "frozen"))
-    if cfg.get("region_norm") or "region_norm.mean" in sd:
+    if "region_norm.mean" in sd:  # saved after standardize_regions(): its statistics are in the state dict
         from hipt.models import FeatureStandardizer
 
         model.region_norm = FeatureStandardizer(model.embed_dim)

@@ -1089,13 +1089,18 @@ class Cohort:
 COHORT_STAIN_JITTER = {"composition2": STAIN_JITTER, "composition3": STAIN_JITTER, "context": 0.0, "survival": 0.0}
 
 
+def _cohort_stain_jitter(kind: str, stain_jitter: float | None) -> float:
+    """``stain_jitter``, or the kind's default (:data:`COHORT_STAIN_JITTER`) when None."""
+    return COHORT_STAIN_JITTER.get(kind, STAIN_JITTER) if stain_jitter is None else float(stain_jitter)
+
+
 def cohort_dir(kind: str, n_slides: int = 32, regions_per_slide: int = 4, region_size: int = 2048, seed: int = 0,
                stain_jitter: float | None = None) -> Path:
     """The default cache folder of a cohort: ``<cache>/phantom/<kind>_n.._r.._s.._seed..[_sj..]``
     (``_sj<jitter>`` when the stain jitter is not :data:`STAIN_JITTER`)."""
     from hipt.paths import cache_dir
 
-    sj = COHORT_STAIN_JITTER.get(kind, STAIN_JITTER) if stain_jitter is None else float(stain_jitter)
+    sj = _cohort_stain_jitter(kind, stain_jitter)
     tag = "" if sj == STAIN_JITTER else f"_sj{sj:g}"
     return cache_dir("phantom") / f"{kind}_n{n_slides}_r{regions_per_slide}_s{region_size}_seed{seed}{tag}"
 
@@ -1219,7 +1224,7 @@ def make_cohort(
         raise HIPTError(f"make_cohort: region_size {region_size} is not a multiple of patch_size {patch_size}")
     if n_slides < 1 or regions_per_slide < 1:
         raise HIPTError("make_cohort: n_slides and regions_per_slide must be ≥ 1")
-    sj = COHORT_STAIN_JITTER[kind] if stain_jitter is None else float(stain_jitter)
+    sj = _cohort_stain_jitter(kind, stain_jitter)
     out_dir = Path(out_dir) if out_dir is not None else cohort_dir(kind, n_slides, regions_per_slide, region_size, seed, sj)
     out_dir.mkdir(parents=True, exist_ok=True)
     params = dict(kind=kind, n_slides=n_slides, regions_per_slide=regions_per_slide, region_size=region_size,
