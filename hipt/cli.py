@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("hipt.pretrain.trainer", "two-stage DINO pretraining (stage 1: ViT256-16, stage 2: ViT4096-256)"),
     "finetune": ("hipt.tasks.train", "train slide-level models (HIPT, MIL baselines) for subtyping or survival"),
     "knn": ("hipt.knn", "KNN evaluation of mean slide embeddings"),
+    "released": ("hipt.released.cli", "real TCGA tables from the reference's released embeddings (fetch, knn, table1, ...)"),
     "heatmap": ("hipt.attention", "attention heatmaps for regions and whole slides"),
     "reproduce": ("hipt.reproduce", "rerun the book's chapters with papermill and assemble the results tables"),
 }

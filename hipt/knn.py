@@ -47,6 +47,7 @@ __all__ = [
     "evaluate_knn",
     "add_arguments",
     "run",
+    "released_knn_aucs",
 ]
 
 log = logging.getLogger("hipt.knn")
@@ -307,3 +308,88 @@ def run(args: argparse.Namespace) -> int:
     print(table.to_markdown())
     print(f"{len(records)} fold results in {args.out}; summary {md_path.name}, {csv_path.name}")
     return 0
+
+
+# ------------------------------------------------------------------------ the reference's released folds
+def _read_fold_pickle(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``{'embeddings': [N, D], 'labels': [N]}`` of one released fold file.
+
+    These pickles are the reference's files, checked against their sha256 when fetched
+    (:mod:`hipt.released.fetch`); unpickling runs code, so only read files of that origin.
+    """
+    import pickle
+
+    if not path.is_file():
+        raise InputFileError(path, "fold file not found", "get the released folds with 'hipt released fetch --knn'")
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+        if head.startswith(b"version https://git-lfs"):
+            raise InputFileError(path, "is a Git LFS pointer, not the data", "fetch it with 'hipt released fetch --knn'")
+        fh.seek(0)
+        try:
+            obj = pickle.load(fh)  # noqa: S301 (trusted, sha256-verified release files)
+        except Exception as e:  # noqa: BLE001 (unpickling raises many kinds)
+            raise InputFileError(path, f"cannot be unpickled ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict) or not {"embeddings", "labels"} <= set(obj):
+        raise InputFileError(path, "expected a dict with 'embeddings' and 'labels'")
+    x, y = np.asarray(obj["embeddings"]), np.asarray(obj["labels"])
+    if x.ndim != 2 or len(x) != len(y):
+        raise InputFileError(path, f"embeddings {list(x.shape)} and labels {list(y.shape)} do not match")
+    return x, y
+
+
+def released_knn_aucs(
+    folds_dir: str | Path, study: str, encoder: str, fraction: float = 1.0, *, n_folds: int = 10,
+    sample_frac: float | None = None,
+) -> list[float]:
+    """The per-fold test AUCs of the reference's KNN protocol on its released mean-embedding folds.
+
+    Reads ``{folds_dir}/{encoder}/{study}_{encoder}_class_split_{train,test}_{i}.pkl`` (dicts
+    ``{'embeddings': [N, D], 'labels': [N]}``) for i < ``n_folds`` and, per fold, as the reference's
+    ``get_knn_classification_results``:
+
+    - ``fraction < 1`` keeps ``pandas.DataFrame(range(N)).sample(frac=0.1, random_state=1)`` of the
+      training rows: the reference's "25%" rows sample **0.1** (its bug); ``sample_frac=0.25`` samples
+      what the label says instead;
+    - ``LabelEncoder`` fit on the training labels; ``KNeighborsClassifier()`` with its defaults (k = 5,
+      uniform weights, Euclidean) fit on the (sampled) training embeddings;
+    - AUC of ``predict_proba`` on the test fold: ``roc_auc_score(y, p[:, 1])`` for two classes, macro
+      one-vs-rest for more.
+
+    Deterministic: the same files give the reference notebook's numbers.
+
+    Args:
+        folds_dir: the ``knn-subtyping`` folder (:func:`hipt.released.registry.knn_folds_dir`).
+        study: ``tcga_brca``, ``tcga_lung`` or ``tcga_kidney`` (``brca`` etc. accepted).
+        encoder: ``resnet50mean``, ``vit16mean`` or ``vit256mean``.
+        fraction: the reference's ``prop``: 1.0, or < 1 for its "25%" setting.
+
+    Returns:
+        ``n_folds`` test AUCs, fold 0 first.
+    """
+    from sklearn.metrics import roc_auc_score
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import LabelEncoder
+
+    folds_dir = Path(folds_dir)
+    study = study if study.startswith("tcga_") else f"tcga_{study}"
+    if not (folds_dir / encoder).is_dir():
+        raise InputFileError(folds_dir / encoder, "folder of released KNN folds not found",
+                             "get them with 'hipt released fetch --knn', or pass the knn-subtyping folder of a copy")
+    frac = sample_frac if sample_frac is not None else 0.1
+    aucs = []
+    for i in range(n_folds):
+        stem = folds_dir / encoder / f"{study}_{encoder}_class_split"
+        x_tr, y_tr = _read_fold_pickle(Path(f"{stem}_train_{i}.pkl"))
+        x_te, y_te = _read_fold_pickle(Path(f"{stem}_test_{i}.pkl"))
+        if fraction < 1:
+            rows = pd.DataFrame(range(x_tr.shape[0])).sample(frac=frac, random_state=1).index
+            x_tr, y_tr = x_tr[rows], y_tr[rows]
+        le = LabelEncoder().fit(y_tr)
+        y_tr, y_te = le.transform(y_tr), le.transform(y_te)
+        proba = KNeighborsClassifier().fit(x_tr, y_tr).predict_proba(x_te)
+        if len(np.unique(y_te)) > 2:
+            aucs.append(float(roc_auc_score(y_te, proba, average="macro", multi_class="ovr")))
+        else:
+            aucs.append(float(roc_auc_score(y_te, proba[:, 1])))
+    return aucs

@@ -404,12 +404,19 @@ def write_benchmark_result(name: str, rows: Sequence[dict], *, title: str | None
         "hardware": machine,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command if command is not None else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "commit": git_commit(_checkout_or_cwd()),
         "notes": notes,
         "rows": [dict(r) for r in rows],
     }
     dest = dest_dir / f"{_safe(name)}.json"
     atomic_write_text(dest, json.dumps(record, indent=2, default=float) + "\n")
     return dest
+
+
+def read_benchmark_result(name: str, folder: str | Path | None = None) -> dict[str, Any] | None:
+    """The record ``benchmarks/results/<name>.json``, or None when no run has been recorded."""
+    folder = Path(folder) if folder is not None else _benchmark_results_dir()
+    return next((r for r in read_benchmark_results(folder) if r["name"] == name), None)
 
 
 def read_benchmark_results(folder: str | Path | None = None) -> list[dict[str, Any]]:

@@ -49,7 +49,7 @@ def _bag(m: int, n: int, d: int, d4k: int = 192, seed: int = 0) -> dict[str, tor
 def test_forward_backward_shapes(method, n_outputs, shape):
     m, n, d = shape
     torch.manual_seed(0)
-    model = build_model(method, d, n_outputs)
+    model = build_model(method, 192 if method == "hipt_gp" else d, n_outputs)  # hipt_gp reads feats4k [M, 192]
     model.train()
     bag = _bag(m, n, d)
     label = torch.tensor([n_outputs - 1])
@@ -57,7 +57,7 @@ def test_forward_backward_shapes(method, n_outputs, shape):
     assert out["logits"].shape == (1, n_outputs)
     assert torch.isfinite(out["logits"]).all()
     if "attention" in out:
-        expected = m if method in ("hipt", "hipt_n") else m * n
+        expected = m if method in ("hipt", "hipt_n", "hipt_gp") else m * n
         assert out["attention"].shape == (expected,)
         assert torch.isfinite(out["attention"]).all()
     loss = F.cross_entropy(out["logits"], label)

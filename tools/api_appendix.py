@@ -31,6 +31,8 @@ GROUPS = [
                      "hipt.pretrain.schedules", "hipt.pretrain.data", "hipt.pretrain.trainer"]),
     ("Slide-level tasks", ["hipt.tasks", "hipt.tasks.tcga", "hipt.tasks.splits", "hipt.tasks.datasets",
                            "hipt.tasks.train", "hipt.tasks.tables", "hipt.metrics", "hipt.survival", "hipt.knn"]),
+    ("Real TCGA from the released embeddings", ["hipt.released", "hipt.released.registry", "hipt.released.fetch",
+                                                "hipt.released.slide", "hipt.released.patch", "hipt.released.cli"]),
     ("Attention", ["hipt.attention", "hipt.heatmaps"]),
     ("Reproduction, models zoo and plumbing", ["hipt.reproduce", "hipt.zoo", "hipt.cli", "hipt.io",
                                                "hipt.paths", "hipt.errors"]),

@@ -7,6 +7,7 @@
 - :class:`HIPT4K`: regions ``[B, 3, H, W]`` (uint8) → region tokens ``[B, 192]`` + patch tokens
   ``[B, n, 384]`` (+ attention maps).
 - :class:`HIPTSlide`: HIPT-LGP-FC, ``[M, 256, 384]`` (or ``[M, 192]``) → slide logits + attention over regions.
+- :class:`HIPTGP`: HIPT-GP-FC, HIPT's global part alone on region tokens ``[M, 192]`` (the reference's released embeddings).
 - :mod:`hipt.models.weights`: the released checkpoints (registry, checks, safe loading, export).
 - :data:`NORMALIZATION`: ``"hipt"`` (mean = std = 0.5; the released checkpoints, default) and
   ``"imagenet"`` (what the reference's stage-1 training used).
@@ -15,7 +16,7 @@
 """
 
 from hipt.models.hipt4k import HIPT4K, NORMALIZATION, HIPT4KOutput, normalize, patchify
-from hipt.models.slide import AttnNetGated, FeatureStandardizer, HIPTSlide
+from hipt.models.slide import HIPTGP, AttnNetGated, FeatureStandardizer, HIPTSlide
 from hipt.models.vit import (
     ViT4K,
     ViT256,
@@ -37,6 +38,7 @@ __all__ = [
     "AttnNetGated",
     "FeatureStandardizer",
     "HIPTSlide",
+    "HIPTGP",
     "ViT4K",
     "ViT256",
     "interpolate_pos_embed",

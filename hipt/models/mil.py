@@ -35,10 +35,15 @@ Methods (names as in ``hipt finetune --method``):
 ``deepattnmisl``    DeepAttnMISL (Yao et al. 2020): k-means phenotypes → Siamese MLP → attention.
 ``gcn``             GCN-MIL (in the spirit of Patch-GCN, Chen et al. 2021): GCN over the patch grid.
 ``transmil``        TransMIL (Shao et al. 2021): transformer with PPEG; standard (not Nyström) attention.
+``hipt_gp``         HIPT's global part alone (the reference's ``HIPT_GP_FC``, :class:`hipt.models.HIPTGP`)
+                    on the region tokens ``feats4k`` ``[M, 192]``, e.g. the reference's released embeddings.
+``mil``             instance-level MIL (the reference's ``MIL_fc``/``MIL_fc_mc``): an MLP scores every
+                    instance, the bag takes the logits of its top-scoring instance.
 ==================  =====================================================================================
 
-The baselines operate on the flattened patch tokens ``[M·n, D]`` (the "256-level bag"); HIPT and
-``hipt_n`` keep the region structure.  Use :func:`build_model` to make any of them by name.
+The baselines operate on the flattened patch tokens ``[M·n, D]`` (the "256-level bag"), or on the region
+tokens ``[M, D4k]`` when the bag has no patch tokens (a released ``[M, 192]`` file; ``hipt finetune
+--tokens region``); HIPT and ``hipt_n`` keep the region structure.  Use :func:`build_model` to make any of them by name.
 """
 
 from __future__ import annotations
@@ -50,12 +55,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hipt.models.slide import AttnNetGated, HIPTSlide
+from hipt.models.slide import HIPTGP, AttnNetGated, HIPTSlide
 
 __all__ = [
     "METHODS",
     "MILModel",
     "HIPTMIL",
+    "HIPTGPMIL",
+    "InstanceMIL",
     "HIPTNone",
     "MeanMIL",
     "ABMIL",
@@ -77,7 +84,14 @@ Bag = dict[str, torch.Tensor]
 
 
 def _tokens(bag: Bag) -> torch.Tensor:
-    """The flattened patch tokens ``[M·n, D]`` of a bag."""
+    """The bag's instances: flattened patch tokens ``[M·n, D]``, or its region tokens ``[M, D4k]`` when it
+    holds no patch tokens (a bag read with ``keys=("feats4k",)``)."""
+    if "feats256" not in bag and "feats4k" in bag:
+        x = bag["feats4k"]
+        x = x[0] if x.ndim == 3 and x.shape[0] == 1 else x
+        if x.ndim != 2:
+            raise ValueError(f"feats4k must be [M, D], got {tuple(x.shape)}")
+        return x.float()
     x = bag["feats256"]
     if x.ndim == 4 and x.shape[0] == 1:  # a batch of one from a DataLoader
         x = x[0]
@@ -157,6 +171,53 @@ class HIPTMIL(MILModel):
             x = bag["feats256"]
         out = self.slide(x.float())
         return {"logits": out["logits"], "attention": out["attention"]}
+
+
+class HIPTGPMIL(MILModel):
+    """HIPT-GP-FC behind the common interface (:class:`hipt.models.HIPTGP` on the bag's ``feats4k``)."""
+
+    method = "hipt_gp"
+
+    def __init__(self, in_dim: int, n_outputs: int, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.slide = HIPTGP(n_outputs, embed_dim=in_dim, dropout=dropout)
+
+    def forward(self, bag: Bag, label: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if "feats4k" not in bag:
+            raise ValueError("hipt_gp reads region tokens feats4k [M, 192]: the bag has none "
+                             "(extract with a ViT-4K, or use the reference's released [M, 192] embeddings)")
+        out = self.slide(bag["feats4k"].float())
+        return {"logits": out["logits"], "attention": out["attention"]}
+
+
+class InstanceMIL(MILModel):
+    """Instance-level MIL, the reference's ``MIL_fc`` (2 outputs) and ``MIL_fc_mc`` (more).
+
+    ``h = Dropout(ReLU(W x))`` per instance; per-instance logits ``[K, C]`` from one ``Linear(H, 1)`` per
+    output (as ``MIL_fc_mc``; for two outputs the same function as ``MIL_fc``'s ``Linear(H, 2)``); the bag's logits are those of
+    its top instance: the one with the highest softmax probability of output 1 (two outputs), or with the
+    highest probability of any output (more).  Hidden size = input size, Xavier-normal weights and zero
+    biases, as the reference's ``initialize_weights``.  The bag's gradient flows through one instance.
+    """
+
+    method = "mil"
+
+    def __init__(self, in_dim: int, n_outputs: int, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.fc = _mlp(in_dim, in_dim, dropout)
+        self.classifiers = nn.ModuleList([nn.Linear(in_dim, 1) for _ in range(n_outputs)])
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, bag: Bag, label: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        h = self.fc(_tokens(bag))  # [K, H]
+        logits = torch.cat([c(h) for c in self.classifiers], dim=1)  # [K, C]
+        probs = F.softmax(logits, dim=1)
+        score = probs[:, 1] if logits.shape[1] == 2 else probs.max(dim=1).values
+        top = int(score.argmax())
+        return {"logits": logits[top : top + 1], "attention": F.one_hot(torch.tensor(top), len(h)).float()}
 
 
 class HIPTNone(MILModel):
@@ -645,6 +706,8 @@ METHODS: dict[str, type[MILModel]] = {
     "deepattnmisl": DeepAttnMISL,
     "gcn": GCNMIL,
     "transmil": TransMIL,
+    "hipt_gp": HIPTGPMIL,
+    "mil": InstanceMIL,
 }
 
 

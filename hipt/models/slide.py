@@ -39,7 +39,7 @@ from torch import nn
 
 from hipt.models.vit import ViT4K, vit4k_xs
 
-__all__ = ["AttnNetGated", "FeatureStandardizer", "HIPTSlide"]
+__all__ = ["AttnNetGated", "FeatureStandardizer", "GlobalAggregator", "HIPTGP", "HIPTSlide"]
 
 LocalMode = Literal["frozen", "finetune", "scratch"]
 
@@ -95,7 +95,101 @@ class FeatureStandardizer(nn.Module):
         return (x - self.mean) / self.std
 
 
-class HIPTSlide(nn.Module):
+class GlobalAggregator(nn.Module):
+    """The global part of HIPT, shared by :class:`HIPTSlide` and :class:`HIPTGP`: region tokens ``[M, D]`` →
+    slide outputs.
+
+    ``global_phi`` → ``global_transformer`` (over the M regions, sequence first, batch 1) →
+    ``global_attn_pool`` (gated attention, softmax over regions) → ``global_rho`` → ``classifier``;
+    optionally ``region_norm`` (a :class:`FeatureStandardizer`) first.  Subclasses call
+    :meth:`_init_global` once their own modules exist, so that the ``state_dict`` keys keep the
+    reference's order.
+    """
+
+    def _init_global(self, d: int, n_classes: int, task: str, dropout: float, heads: int, layers: int) -> None:
+        if task not in ("classification", "survival"):
+            raise ValueError(f"task must be 'classification' or 'survival', not {task!r}")
+        self.n_classes = n_classes
+        self.task = task
+        self.embed_dim = d
+        self.global_phi = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(dropout))
+        layer = nn.TransformerEncoderLayer(d_model=d, nhead=heads, dim_feedforward=d, dropout=dropout, activation="relu")
+        self.global_transformer = nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
+        self.global_attn_pool = AttnNetGated(L=d, D=d, dropout=dropout, n_out=1)
+        self.global_rho = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(dropout))
+        self.classifier = nn.Linear(d, n_classes)
+        self.add_module("region_norm", None)  # FeatureStandardizer after standardize_regions()
+
+    def _fit_region_norm(self, tokens: torch.Tensor) -> None:
+        tokens = torch.as_tensor(tokens)
+        if tokens.ndim != 2 or tokens.shape[1] != self.embed_dim:
+            raise ValueError(f"region tokens must be [N, {self.embed_dim}], got {tuple(tokens.shape)}")
+        self.region_norm = FeatureStandardizer.fit(tokens).to(self.classifier.weight.device)
+
+    def aggregate(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Region tokens ``h [M, D]`` → the output dict (see :class:`HIPTSlide`)."""
+        if self.region_norm is not None:
+            h = self.region_norm(h)
+        h = self.global_phi(h)
+        h = self.global_transformer(h.unsqueeze(1)).squeeze(1)  # sequence = regions, batch = 1
+        a, h = self.global_attn_pool(h)  # [M, 1]
+        a = a.transpose(1, 0)  # [1, M]
+        weights = F.softmax(a, dim=1)
+        h_slide = self.global_rho(weights @ h)  # [1, D]
+        logits = self.classifier(h_slide)
+        out = {
+            "logits": logits,
+            "y_hat": logits.argmax(dim=1),
+            "attention": weights[0],
+            "attention_logits": a[0],
+            "features": h_slide,
+        }
+        if self.task == "survival":
+            hazards = torch.sigmoid(logits)
+            out["hazards"] = hazards
+            out["S"] = torch.cumprod(1 - hazards, dim=1)
+        else:
+            out["probs"] = F.softmax(logits, dim=1)
+        return out
+
+
+class HIPTGP(GlobalAggregator):
+    """HIPT's global part alone on precomputed region tokens ``[M, 192]``: the reference's ``HIPT_GP_FC``.
+
+    What the reference trained on its released ``[M, 192]`` TCGA embeddings (its issue #25 rerun,
+    ``--model_type hipt_gp``).  Its ``state_dict`` keys and shapes equal ``HIPT_GP_FC``'s, so a reference
+    checkpoint loads with ``strict=True`` and gives the same logits.  The reference's ``forward`` stops in
+    the debugger (``pdb.set_trace()``) on its first call; this one does not.
+
+    ``forward(h)`` with ``h`` ``[M, D]`` (or ``[1, M, D]``) returns the dict of :class:`HIPTSlide`.
+    """
+
+    def __init__(
+        self,
+        n_classes: int,
+        task: Literal["classification", "survival"] = "classification",
+        embed_dim: int = 192,
+        dropout: float = 0.25,
+        global_heads: int = 3,
+        global_layers: int = 2,
+    ) -> None:
+        super().__init__()
+        self._init_global(embed_dim, n_classes, task, dropout, global_heads, global_layers)
+
+    def standardize_regions(self, tokens: torch.Tensor) -> HIPTGP:
+        """Z-score region tokens with the statistics of ``tokens`` ``[N, D]`` (adds ``region_norm.*`` keys)."""
+        self._fit_region_norm(tokens)
+        return self
+
+    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        if h.ndim == 3 and h.shape[0] == 1:
+            h = h[0]
+        if h.ndim != 2 or h.shape[1] != self.embed_dim:
+            raise ValueError(f"region tokens must be [M, {self.embed_dim}], got {tuple(h.shape)}")
+        return self.aggregate(h)
+
+
+class HIPTSlide(GlobalAggregator):
     """HIPT-LGP-FC: slide classification or survival from the patch tokens of a slide's regions.
 
     Args:
@@ -131,12 +225,8 @@ class HIPTSlide(nn.Module):
         global_layers: int = 2,
     ) -> None:
         super().__init__()
-        if task not in ("classification", "survival"):
-            raise ValueError(f"task must be 'classification' or 'survival', not {task!r}")
         if local not in ("frozen", "finetune", "scratch"):
             raise ValueError(f"local must be 'frozen', 'finetune' or 'scratch', not {local!r}")
-        self.n_classes = n_classes
-        self.task = task
         self.local = local
         if local_vit is None:
             if local != "scratch" and vit4k_weights is None:
@@ -147,17 +237,7 @@ class HIPTSlide(nn.Module):
                 )
             local_vit = vit4k_xs(weights=None if local == "scratch" else vit4k_weights)
         self.local_vit = local_vit
-        d = local_vit.embed_dim
-        self.embed_dim = d
-        self.global_phi = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(dropout))
-        layer = nn.TransformerEncoderLayer(
-            d_model=d, nhead=global_heads, dim_feedforward=d, dropout=dropout, activation="relu"
-        )
-        self.global_transformer = nn.TransformerEncoder(layer, num_layers=global_layers, enable_nested_tensor=False)
-        self.global_attn_pool = AttnNetGated(L=d, D=d, dropout=dropout, n_out=1)
-        self.global_rho = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(dropout))
-        self.classifier = nn.Linear(d, n_classes)
-        self.add_module("region_norm", None)  # FeatureStandardizer after standardize_regions()
+        self._init_global(local_vit.embed_dim, n_classes, task, dropout, global_heads, global_layers)
         if local == "frozen":
             for p in self.local_vit.parameters():
                 p.requires_grad_(False)
@@ -180,11 +260,7 @@ class HIPTSlide(nn.Module):
         frozen ViT4K's tokens of the training regions).  Frozen mode only: a trained ViT moves its tokens."""
         if self.local != "frozen":
             raise ValueError(f"standardize_regions needs a frozen local ViT; local={self.local!r} changes the tokens")
-        tokens = torch.as_tensor(tokens)
-        if tokens.ndim != 2 or tokens.shape[1] != self.embed_dim:
-            raise ValueError(f"region tokens must be [N, {self.embed_dim}], got {tuple(tokens.shape)}")
-        dev = self.classifier.weight.device
-        self.region_norm = FeatureStandardizer.fit(tokens).to(dev)
+        self._fit_region_norm(tokens)
         return self
 
     def encode_regions(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
@@ -216,30 +292,7 @@ class HIPTSlide(nn.Module):
         return self.local_vit(g)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
-        h = self.encode_regions(x, grid)
-        if self.region_norm is not None:
-            h = self.region_norm(h)
-        h = self.global_phi(h)
-        h = self.global_transformer(h.unsqueeze(1)).squeeze(1)  # sequence = regions, batch = 1
-        a, h = self.global_attn_pool(h)  # [M, 1]
-        a = a.transpose(1, 0)  # [1, M]
-        weights = F.softmax(a, dim=1)
-        h_slide = self.global_rho(weights @ h)  # [1, D]
-        logits = self.classifier(h_slide)
-        out = {
-            "logits": logits,
-            "y_hat": logits.argmax(dim=1),
-            "attention": weights[0],
-            "attention_logits": a[0],
-            "features": h_slide,
-        }
-        if self.task == "survival":
-            hazards = torch.sigmoid(logits)
-            out["hazards"] = hazards
-            out["S"] = torch.cumprod(1 - hazards, dim=1)
-        else:
-            out["probs"] = F.softmax(logits, dim=1)
-        return out
+        return self.aggregate(self.encode_regions(x, grid))
 
 
 def _strip_dataparallel(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:

@@ -62,6 +62,7 @@ __all__ = [
     "collect_results",
     "summarize",
     "ResultsTable",
+    "markdown_table",
     "table1",
     "table2",
     "write_tables",
@@ -274,6 +275,22 @@ def _fmt(mean: float, std: float | None, digits: int = 3) -> str:
 
 def _fraction_label(f: float) -> str:
     return f"{f * 100:g}%"
+
+
+def markdown_table(df: pd.DataFrame, float_format: str = "{:.3f}") -> str:
+    """A GitHub-flavoured Markdown table of ``df`` (no index), floats formatted with ``float_format``.
+
+    Written here rather than with ``DataFrame.to_markdown`` so that the package does not need
+    ``tabulate``."""
+
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return "" if np.isnan(v) else float_format.format(v)
+        return str(v)
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass

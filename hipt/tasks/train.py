@@ -85,7 +85,9 @@ class FinetuneConfig:
     (``"frozen"``/``"finetune"``/``"scratch"``) and ``vit4k_weights`` for HIPT's ViT-4096;
     ``standardize=True``: frozen HIPT z-scores its region tokens with the statistics of the fold's
     training regions (:meth:`hipt.models.HIPTSlide.standardize_regions`; a departure from the reference,
-    which feeds them raw: ``False`` reproduces it).
+    which feeds them raw: ``False`` reproduces it).  ``tokens``: what the MIL baselines read, ``"patch"``
+    (``feats256``, default) or ``"region"`` (``feats4k`` ``[M, 192]``: the only level of the reference's
+    released embeddings; ``hipt_gp`` always reads region tokens).
 
     Optimization (reference defaults): ``max_epochs=20``, ``lr=2e-4``, ``weight_decay=1e-5``,
     ``accumulation=32`` slides per optimizer step, ``reference_accumulation=False`` (True: the
@@ -113,6 +115,7 @@ class FinetuneConfig:
     dropout: float = 0.25
     hipt_local: str = "frozen"
     standardize: bool = True
+    tokens: str = "patch"
     vit4k_weights: str | None = None
     max_epochs: int = 20
     lr: float = 2e-4
@@ -202,9 +205,11 @@ def _to(bag: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.T
     return {k: v.to(device, non_blocking=True) for k, v in bag.items()}
 
 
-def _keys_for(method: str, hipt_local: str) -> tuple[str, ...]:
+def _keys_for(method: str, hipt_local: str, tokens: str = "patch") -> tuple[str, ...]:
     """Which arrays a method reads (so that only those are loaded)."""
-    if method == "hipt" and hipt_local == "frozen":
+    if tokens not in ("patch", "region"):
+        raise ValueError(f"tokens must be 'patch' or 'region', not {tokens!r}")
+    if (method == "hipt" and hipt_local == "frozen") or method == "hipt_gp" or tokens == "region":
         return ("feats4k",)
     if method == "gcn":
         return ("feats256", "coords")
@@ -342,11 +347,14 @@ def _frac_tag(fraction: float) -> str:
 
 def method_name(config: FinetuneConfig) -> str:
     """The method's name in the records: ``hipt_finetune``/``hipt_scratch`` for HIPT's ViT-4096 variants,
-    ``hipt_raw`` for frozen HIPT without standardized region tokens (the reference's head)."""
+    ``hipt_raw`` for frozen HIPT without standardized region tokens (the reference's head),
+    ``<method>_regions`` for a baseline that reads region tokens (``tokens="region"``)."""
     if config.method == "hipt" and config.hipt_local != "frozen":
         return f"hipt_{config.hipt_local}"
     if config.method == "hipt" and not config.standardize:
         return "hipt_raw"
+    if config.tokens == "region" and config.method not in ("hipt", "hipt_gp"):
+        return f"{config.method}_regions"
     return config.method
 
 
@@ -417,7 +425,7 @@ def train_fold(
     name = config.task_name or task.name
     method = method_name(config)
     device = _device(config.device)
-    keys = _keys_for(config.method, config.hipt_local)
+    keys = _keys_for(config.method, config.hipt_local, config.tokens)
     split = task.fold(fold, fraction, random_state=config.frac_seed)
 
     def dataset(split_name: str) -> BagDataset | None:
@@ -633,6 +641,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="feed frozen HIPT's region tokens raw, as the reference (default: z-scored with the "
                              "training regions' statistics; raw tokens of a small or briefly trained ViT-4096 "
                              "can be nearly identical across slides, and the slide head then learns nothing)")
+    parser.add_argument("--tokens", default=d.tokens, choices=["patch", "region"],
+                        help="what the MIL baselines read: patch tokens feats256, or region tokens feats4k [M, 192] "
+                             "(the only level of the reference's released embeddings; hipt_gp always reads these)")
     parser.add_argument("--vit4k-weights", default=None,
                         help="HIPT's ViT-4096 weights (registry name, path or URL; e.g. vit4k_xs_dino)")
     parser.add_argument("--device", default=d.device)
@@ -653,7 +664,7 @@ def run(args: argparse.Namespace) -> int:
         max_epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, accumulation=args.accumulation,
         reference_accumulation=args.reference_accumulation, weighted_sample=not args.no_weighted_sample,
         selection=args.selection, seed=args.seed, dropout=args.dropout, hipt_local=args.hipt_local,
-        standardize=not args.no_standardize,
+        standardize=not args.no_standardize, tokens=args.tokens,
         vit4k_weights=args.vit4k_weights, device=args.device, precision=args.precision, num_workers=args.workers, cache_mb=args.cache_mb,
         missing=args.missing, resume=not args.no_resume, save_model=args.save_model,
     )
