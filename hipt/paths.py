@@ -4,6 +4,11 @@ Environment variables override every default:
 
 - ``HIPT_SHARED_DATA``: folder of small real slides and tiles (default ``<project>/../shared/data``).
 - ``HIPT_SHARED_REFERENCE``: the reference task tables (default ``<project>/../shared/reference``).
+- ``HIPT_NO_SHARED``: set to ``1`` (any value but empty, ``0``, ``false``, ``no``, ``off``) to act as if
+  there were no shared folder: ``shared_dir()``, ``shared_data_dir()`` and
+  ``shared_reference_dir()`` return None, whatever the two variables above say and whatever lies
+  beside the checkout.  This is how to see what a new user sees (CI builds the book this way): tests
+  that need the shared data skip, and the chapters download public samples or fall back to phantoms.
 - ``HIPT_CACHE``: downloads and trained-model cache (default ``<project>/data/cache`` inside a
   checkout, else ``~/.cache/hipt``).
 """
@@ -29,8 +34,15 @@ def _env_path(name: str) -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+def _no_shared() -> bool:
+    """True when ``HIPT_NO_SHARED`` asks to ignore the shared data (see the module docstring)."""
+    return os.environ.get("HIPT_NO_SHARED", "").strip().lower() not in {"", "0", "false", "no", "off"}
+
+
 def shared_dir() -> Path | None:
-    """The ``shared/`` folder beside the checkout, if present."""
+    """The ``shared/`` folder beside the checkout, if present (None under ``HIPT_NO_SHARED``)."""
+    if _no_shared():
+        return None
     root = project_root()
     if root is not None and (root.parent / "shared").is_dir():
         return root.parent / "shared"
@@ -38,7 +50,9 @@ def shared_dir() -> Path | None:
 
 
 def shared_data_dir() -> Path | None:
-    """Folder of small real slides/tiles, or None when it is absent (tests then skip)."""
+    """Folder of small real slides/tiles, or None when it is absent or ``HIPT_NO_SHARED`` is set (tests then skip)."""
+    if _no_shared():
+        return None
     p = _env_path("HIPT_SHARED_DATA")
     if p is None and shared_dir() is not None:
         p = shared_dir() / "data"
@@ -46,7 +60,9 @@ def shared_data_dir() -> Path | None:
 
 
 def shared_reference_dir() -> Path | None:
-    """Folder with ``HIPT-REFERENCE.md`` and ``tcga/``, or None when absent."""
+    """Folder with ``HIPT-REFERENCE.md`` and ``tcga/``, or None when absent or ``HIPT_NO_SHARED`` is set."""
+    if _no_shared():
+        return None
     p = _env_path("HIPT_SHARED_REFERENCE")
     if p is None and shared_dir() is not None:
         p = shared_dir() / "reference"

@@ -8,8 +8,15 @@ DevTools Protocol (a websocket client from PyPI, ``websocket-client``), and:
   error (a 404 for a script, a failed font) all count;
 - **nothing fetched from the network**: every request must go to the local server (or be ``data:`` /
   ``blob:``): the book must work offline (MathJax is served from ``_static/mathjax``);
-- **figures are there**: every ``<img>`` in the page is loaded (``naturalWidth > 0``); a page whose
-  executed notebook (``_build/jupyter_execute``) has image outputs shows at least that many images;
+- **the notebook ran**: a notebook page (a chapter with a jupytext header) must have its executed
+  notebook (``_build/jupyter_execute/book/<name>.ipynb``, written by the build even when execution
+  fails), and that notebook must have run to the end: no error output (except in a cell tagged
+  ``raises-exception``), no code cell left unexecuted (except ``skip-execution`` ones), and no
+  traceback report of this build (``_build/html/reports/book/<name>.err.log`` written with it); the
+  page itself must show no error traceback (``.output.traceback``);
+- **figures are there**: every ``<img>`` in the page is loaded (``naturalWidth > 0``); a page shows at
+  least as many images as its executed notebook has image outputs (a count that means something only
+  because the notebook must have run to the end: a failed run stops early and has fewer);
 - **math renders**: where the page has math (Sphinx's ``.math`` elements), MathJax has produced
   ``mjx-container`` elements for it, and no ``mjx-merror``;
 - a **screenshot** per page goes to ``_build/screenshots/<name>.png`` (full page, height capped).
@@ -30,6 +37,7 @@ import contextlib
 import functools
 import http.server
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -189,6 +197,7 @@ class PageReport:
     errors: list[str] = field(default_factory=list)
     images: int = 0
     expected_images: int = 0
+    notebook: str = ""  # "ok", "FAILED", "-" (not a notebook page)
     math_elements: int = 0
     mjx: int = 0
     screenshot: Path | None = None
@@ -208,6 +217,9 @@ PAGE_STATE_JS = """
     math: document.querySelectorAll('.math').length,
     mjx: document.querySelectorAll('mjx-container').length,
     merror: document.querySelectorAll('mjx-merror').length,
+    tracebacks: Array.from(document.querySelectorAll('.output.traceback'))
+      .filter(e => !e.closest('.tag_raises-exception'))
+      .map(e => (e.textContent || '').trim().split('\\n').filter(l => l.trim()).slice(-1)[0] || ''),
     title: document.title,
     height: Math.ceil(document.documentElement.scrollHeight),
   };
@@ -228,31 +240,98 @@ MATHJAX_READY_JS = """
 """
 
 
-def expected_image_count(build_dir: Path, name: str) -> int:
-    """Image outputs in the page's executed notebook (``_build/jupyter_execute/book/<name>.ipynb``)."""
+# the traceback report myst-nb writes next to a failed notebook is written within a moment of the
+# executed notebook itself; an older one is left over from an earlier build
+_REPORT_SLACK_S = 5.0
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@dataclass
+class NotebookRun:
+    """What the build's execution of one page left behind."""
+
+    is_notebook: bool
+    images: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def is_notebook_page(name: str) -> bool:
+    """True when ``book/<name>.md`` is a MyST notebook (executed by the build)."""
+    if str(ROOT / "tools") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tools"))
+    from sync_notebooks import is_notebook_source
+
+    return is_notebook_source(ROOT / "book" / f"{name}.md")
+
+
+def notebook_run(build_dir: Path, name: str, is_notebook: bool | None = None,
+                 html: Path | None = None) -> NotebookRun:
+    """Read ``<build>/jupyter_execute/book/<name>.ipynb``: did it run to the end, how many image outputs.
+
+    ``errors`` is empty only for a notebook page whose executed notebook exists, has no error output
+    (outside ``raises-exception`` cells), has every code cell executed (``skip-execution`` and empty
+    cells aside) and has no traceback report (``<html>/reports/book/<name>.err.log``, ``html`` by default
+    ``<build>/html``) from the same build.  ``images`` counts the image outputs of the cells that are not
+    removed from the page.
+    """
+    if is_notebook is None:
+        is_notebook = is_notebook_page(name)
     nb_path = build_dir / "jupyter_execute" / "book" / f"{name}.ipynb"
+    run = NotebookRun(is_notebook)
     if not nb_path.is_file():
-        return 0
-    nb = json.loads(nb_path.read_text())
-    count = 0
-    for cell in nb.get("cells", []):
+        if is_notebook:
+            run.errors.append(f"executed notebook missing: {nb_path}")
+        return run
+    run.is_notebook = True
+    try:
+        nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        run.errors.append(f"executed notebook unreadable: {nb_path} ({e})")
+        return run
+    not_run = []
+    for k, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") != "code":
+            continue
         tags = cell.get("metadata", {}).get("tags", [])
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else source
+        outputs = cell.get("outputs", [])
+        for out in outputs:
+            if out.get("output_type") == "error" and "raises-exception" not in tags:
+                evalue = _ANSI.sub("", str(out.get("evalue", "")))
+                run.errors.append(f"notebook failed: code cell {k} raised {out.get('ename', '?')}: {evalue[:200]}")
+        if "skip-execution" not in tags and source.strip() and cell.get("execution_count") is None:
+            not_run.append(k)
         if "remove-output" in tags or "remove-cell" in tags:
             continue
-        for out in cell.get("outputs", []):
-            data = out.get("data", {})
-            if any(k.startswith("image/") for k in data):
-                count += 1
-    return count
+        run.images += sum(1 for out in outputs if any(key.startswith("image/") for key in out.get("data", {})))
+    if not_run:
+        run.errors.append(f"notebook did not run to the end: {len(not_run)} code cell(s) not executed "
+                          f"(first: cell {not_run[0]})")
+    report = (html if html is not None else build_dir / "html") / "reports" / "book" / f"{name}.err.log"
+    if report.is_file() and report.stat().st_mtime >= nb_path.stat().st_mtime - _REPORT_SLACK_S:
+        text = _ANSI.sub("", report.read_text(encoding="utf-8", errors="replace"))
+        lines = [line for line in text.splitlines() if line.strip()]
+        run.errors.append(f"notebook execution failed in this build ({report}): {lines[-1][:200] if lines else ''}")
+    return run
+
+
+def expected_image_count(build_dir: Path, name: str) -> int:
+    """Image outputs in the page's executed notebook (``_build/jupyter_execute/book/<name>.ipynb``)."""
+    return notebook_run(build_dir, name, is_notebook=False).images
 
 
 def _local(url: str, base: str) -> bool:
     return url.startswith(base) or url.startswith(("data:", "blob:", "about:"))
 
 
-def check_page(cdp: CDP, base: str, name: str, build_dir: Path, shots: Path, timeout: float) -> PageReport:
+def check_page(cdp: CDP, base: str, name: str, build_dir: Path, shots: Path, timeout: float,
+               html: Path | None = None) -> PageReport:
     url = f"{base}/book/{name}.html"
-    report = PageReport(name, url, expected_images=expected_image_count(build_dir, name))
+    run = notebook_run(build_dir, name, html=html)
+    report = PageReport(name, url, expected_images=run.images,
+                        notebook=("FAILED" if run.errors else "ok") if run.is_notebook else "-")
+    report.errors.extend(run.errors)
     start = time.time()
     cdp.events.clear()
     cdp.call("Page.navigate", url=url)
@@ -295,6 +374,8 @@ def check_page(cdp: CDP, base: str, name: str, build_dir: Path, shots: Path, tim
             report.errors.append(f"image not loaded: {i['src'][:200]}")
     if report.images < report.expected_images:
         report.errors.append(f"{report.expected_images} figures in the executed notebook, {report.images} shown")
+    for tb in state["tracebacks"]:
+        report.errors.append(f"error traceback shown on the page: {tb[:200]}")
     report.math_elements, report.mjx = state["math"], state["mjx"]
     if report.math_elements and report.mjx < report.math_elements:
         report.errors.append(f"math not rendered: {report.math_elements} math elements, {report.mjx} mjx-container")
@@ -342,7 +423,7 @@ def run_checks(html: Path, pages: list[str], shots: Path, timeout: float = 60.0,
                 if not (html / "book" / f"{name}.html").is_file():
                     reports.append(PageReport(name, "", errors=["page not built"]))
                     continue
-                reports.append(check_page(cdp, base, name, build_dir, shots, timeout))
+                reports.append(check_page(cdp, base, name, build_dir, shots, timeout, html=html))
         finally:
             cdp.close()
     return reports
@@ -362,10 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     shots = args.screenshots or args.html.parent / "screenshots"
     reports = run_checks(args.html, pages, shots, args.timeout, args.chromium)
     width = max(len(r.name) for r in reports)
-    print(f"{'page':<{width}}  result  images (expected)  math/mjx  seconds")
+    print(f"{'page':<{width}}  result  notebook  images (expected)  math/mjx  seconds")
     for r in reports:
-        print(f"{r.name:<{width}}  {'ok' if r.ok else 'FAIL':<6}  {r.images:>6} ({r.expected_images:>3})      "
-              f"{r.math_elements:>4}/{r.mjx:<4} {r.seconds:6.1f}")
+        print(f"{r.name:<{width}}  {'ok' if r.ok else 'FAIL':<6}  {r.notebook:<8}  {r.images:>6} "
+              f"({r.expected_images:>3})      {r.math_elements:>4}/{r.mjx:<4} {r.seconds:6.1f}")
         for e in r.errors:
             print(f"    - {e}")
     failed = [r for r in reports if not r.ok]
