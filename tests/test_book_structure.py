@@ -87,6 +87,20 @@ def test_parameters_cell(page):
     assert code.index(tagged[0]) <= 1, f"{page.name}: the parameters cell must be the first cell after setup"
 
 
+@pytest.mark.parametrize("page", CHAPTERS + CODE_APPENDICES, ids=_ids(CHAPTERS + CODE_APPENDICES))
+def test_papermill_reads_every_parameter(page):
+    """papermill's own parser (what ``-p name value`` and its parameter listing use) must read every
+    assignment of the parameters cell: it skips a line it cannot parse (e.g. a comment holding ``=``),
+    and that parameter then silently disappears from ``papermill --help-notebook``."""
+    from papermill.translators import PythonTranslator
+
+    nb = _read_notebook(page)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", []))
+    read = {p.name for p in PythonTranslator.inspect(cell)}
+    missing = _parameter_names(page) - read
+    assert not missing, f"{page.name}: papermill cannot parse the lines of {sorted(missing)} (rephrase their comments)"
+
+
 def _parameter_names(page: Path) -> set[str]:
     nb = _read_notebook(page)
     cell = next(c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", []))

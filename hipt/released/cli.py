@@ -30,14 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     sub = parser.add_subparsers(dest="released_command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, fetch: bool = True) -> None:
         p.add_argument("--root", type=Path, default=None,
                        help="folder holding the files under their repository paths (default: $HIPT_RELEASED or the cache); "
                             "a git clone of mahmoodlab/HIPT with its LFS files works too")
+        if fetch:
+            p.add_argument("--fetch", action="store_true", help="download the files this command needs first")
 
     f = sub.add_parser("fetch", help="download and verify released files (size + sha256), resumable",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    common(f)
+    common(f, fetch=False)
     f.add_argument("--knn", action="store_true", help="the pickled KNN folds (180 files, 160 MB)")
     f.add_argument("--slides", action="store_true",
                    help="the [M, 192] files of every slide of the BRCA/lung/kidney tables (~2,800 files, ~90 MB)")
@@ -132,8 +134,23 @@ def _fetch(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _fetch_first(args: argparse.Namespace, files) -> None:
+    """With ``--fetch``: download what is missing; stop with one error if anything failed."""
+    if not args.fetch:
+        return
+    from hipt.released.fetch import fetch_files
+
+    report = fetch_files(files, root=args.root)
+    print(report.summary())
+    if report.failed:
+        raise HIPTError(f"{len(report.failed)} files could not be fetched; run the same command again to resume")
+
+
 def _knn(args: argparse.Namespace) -> int:
-    from hipt.released.slide import knn_table, vit4k_knn_row
+    from hipt.released.registry import knn_files
+    from hipt.released.slide import knn_table, task_slide_files, vit4k_knn_row
+
+    _fetch_first(args, knn_files() + (task_slide_files() if args.vit4k else []))
 
     table = knn_table(args.root)
     shown = table.drop(columns=["aucs"])
@@ -154,22 +171,29 @@ def _knn(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from hipt.released.slide import (
         SURVIVAL_TASKS,
+        estimate_seconds,
         run_survival,
         run_table1,
         table1_runs,
         table1_summary,
     )
 
+    from hipt.released.slide import task_slide_files
+
     overrides = {"max_epochs": args.epochs, "device": args.device}
     if args.folds is not None:
         overrides["folds"] = list(args.folds)
     if args.released_command == "table1":
         plan = table1_runs(methods=args.methods, fractions=args.fractions, folds=args.folds)
+        minutes = estimate_seconds(plan, args.epochs, args.device) / 60
         print(f"{len(plan)} runs (task x method x fraction x fold), {args.epochs} epochs each, "
-              f"{int(plan['n_train'].sum()) * args.epochs:,} slide steps in all; results in {args.out}")
+              f"{int(plan['n_train'].sum()) * args.epochs:,} slide steps in all: about {minutes:.0f} min of "
+              f"training on this machine ({args.device}; measured step times); results in {args.out}, "
+              "and a rerun skips the finished folds")
         if args.dry_run:
             print(plan.to_string(index=False))
             return 0
+        _fetch_first(args, task_slide_files())
         records = run_table1(args.root, args.out, methods=args.methods, fractions=list(args.fractions), **overrides)
         summary = table1_summary(records)
         print(markdown_table(summary, "{:+.3f}"))
@@ -179,6 +203,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"hipt_gp survival on {', '.join(SURVIVAL_TASKS)}: 5 folds each, {args.epochs} epochs")
         return 0
+    _fetch_first(args, task_slide_files())
     result = run_survival(args.root, args.out, **overrides)
     print(markdown_table(result.drop(columns=["c_index"])))
     _save(result.drop(columns=["c_index"]), args.out, "released_survival")

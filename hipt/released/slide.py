@@ -49,6 +49,8 @@ __all__ = [
     "vit4k_knn_row",
     "table1_config",
     "table1_runs",
+    "seconds_per_step",
+    "estimate_seconds",
     "run_table1",
     "table1_summary",
     "run_survival",
@@ -182,6 +184,46 @@ def table1_runs(tasks: Sequence[str] = SUBTYPE_TASKS, methods: Sequence[str] = (
                     rows.append({"task": t, "method": m, "fraction": f, "fold": k,
                                  "n_train": len(task.fold(k, f).train)})
     return pd.DataFrame(rows)
+
+
+def seconds_per_step(method: str, device: str = "cpu", n_regions: int = 40, steps: int = 20) -> float:
+    """Measured seconds of one training step (forward, backward, Adam) of ``method`` on a random bag of
+    ``n_regions`` region tokens (the released slides have ~40 on average), on ``device``: the basis of the
+    time estimate that ``hipt released table1`` prints before it starts."""
+    import time
+
+    import torch
+
+    from hipt.models.mil import build_model
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    model = build_model(method, 192, 2).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-4)
+    bag = {"feats4k": torch.randn(n_regions, 192, device=dev)}
+    y = torch.tensor([1], device=dev)
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(bag)["logits"], y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    step()  # first call: allocation and kernel selection
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps
+
+
+def estimate_seconds(plan: pd.DataFrame, epochs: int = 20, device: str = "cpu") -> float:
+    """Training time of a :func:`table1_runs` plan from measured step times (evaluation not counted)."""
+    rate = {m: seconds_per_step(m, device) for m in plan["method"].unique()}
+    return float(sum(rate[m] * n * epochs for m, n in zip(plan["method"], plan["n_train"])))
 
 
 def run_table1(root: str | Path | None, out: str | Path, tasks: Sequence[str] = SUBTYPE_TASKS,
