@@ -36,6 +36,7 @@ import pandas as pd
 
 from hipt.errors import HIPTError, InputFileError
 from hipt.metrics import auc
+from hipt.released.registry import read_embedding_pickle
 
 __all__ = [
     "LEVELS",
@@ -311,33 +312,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------ the reference's released folds
-def _read_fold_pickle(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``{'embeddings': [N, D], 'labels': [N]}`` of one released fold file.
-
-    These pickles are the reference's files, checked against their sha256 when fetched
-    (:mod:`hipt.released.fetch`); unpickling runs code, so only read files of that origin.
-    """
-    import pickle
-
-    if not path.is_file():
-        raise InputFileError(path, "fold file not found", "get the released folds with 'hipt released fetch --knn'")
-    with open(path, "rb") as fh:
-        head = fh.read(64)
-        if head.startswith(b"version https://git-lfs"):
-            raise InputFileError(path, "is a Git LFS pointer, not the data", "fetch it with 'hipt released fetch --knn'")
-        fh.seek(0)
-        try:
-            obj = pickle.load(fh)  # noqa: S301 (trusted, sha256-verified release files)
-        except Exception as e:  # noqa: BLE001 (unpickling raises many kinds)
-            raise InputFileError(path, f"cannot be unpickled ({type(e).__name__}: {e})") from None
-    if not isinstance(obj, dict) or not {"embeddings", "labels"} <= set(obj):
-        raise InputFileError(path, "expected a dict with 'embeddings' and 'labels'")
-    x, y = np.asarray(obj["embeddings"]), np.asarray(obj["labels"])
-    if x.ndim != 2 or len(x) != len(y):
-        raise InputFileError(path, f"embeddings {list(x.shape)} and labels {list(y.shape)} do not match")
-    return x, y
-
-
 def released_knn_aucs(
     folds_dir: str | Path, study: str, encoder: str, fraction: float = 1.0, *, n_folds: int = 10,
     sample_frac: float | None = None,
@@ -380,8 +354,8 @@ def released_knn_aucs(
     aucs = []
     for i in range(n_folds):
         stem = folds_dir / encoder / f"{study}_{encoder}_class_split"
-        x_tr, y_tr = _read_fold_pickle(Path(f"{stem}_train_{i}.pkl"))
-        x_te, y_te = _read_fold_pickle(Path(f"{stem}_test_{i}.pkl"))
+        x_tr, y_tr = read_embedding_pickle(f"{stem}_train_{i}.pkl", "hipt released fetch --knn")
+        x_te, y_te = read_embedding_pickle(f"{stem}_test_{i}.pkl", "hipt released fetch --knn")
         if fraction < 1:
             rows = pd.DataFrame(range(x_tr.shape[0])).sample(frac=frac, random_state=1).index
             x_tr, y_tr = x_tr[rows], y_tr[rows]

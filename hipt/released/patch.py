@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import pickle
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ import pandas as pd
 
 from hipt.errors import HIPTError, InputFileError
 from hipt.released.registry import (
+    read_embedding_pickle,
     PATCH_DATASETS,
     PATCH_ENCODERS,
     REFERENCE_COMMIT,
@@ -90,7 +90,6 @@ DEFAULT_ENCODERS: tuple[str, ...] = ("vits_tcga_brca_dino",)
 RECORD_NAME = "released_patch"
 
 _CLASSIFICATION = ("crc100k", "crc100knonorm", "bcss")
-_LFS_MAGIC = b"version https://git-lfs.github.com/spec"
 _BPQ_COLUMNS = ("MSE", "Tau (reference)", "tau-b")
 
 PickleInput = Union[str, Path, tuple[np.ndarray, np.ndarray]]
@@ -127,50 +126,9 @@ REFERENCE_PATCH_TABLES: dict[str, pd.DataFrame] = _reference_tables()
 
 # ------------------------------------------------------------------------------------------ loading
 def load_pickle(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The ``(embeddings [N, D], labels [N])`` of one released patch pickle.
-
-    The file is a pickled dict ``{'embeddings': [N, D] ndarray, 'labels': [N] ndarray}``; the arrays are
-    returned as stored (float32 embeddings; labels are strings for CRC-100K, ints for BCSS, floats in
-    [0, 1] for BreastPathQ).
-
-    Unpickling can run arbitrary code, so this function must only read trusted files.  It is used on the
-    reference's released files, which ``hipt released fetch`` downloads and checks against the sha256
-    recorded in the package's manifest (:mod:`hipt.released.registry`): the bytes are exactly those the
-    reference's authors published.  Do not point it at pickles of unknown origin.
-
-    Raises:
-        InputFileError: one line naming the file when it is missing, a Git LFS pointer (a clone without
-            ``git lfs pull``), not a pickle, or not a dict with those two keys and matching lengths.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "patch embedding file not found",
-                             "get the released files with: hipt released patch --fetch")
-    with open(path, "rb") as fh:
-        head = fh.read(len(_LFS_MAGIC))
-        if head == _LFS_MAGIC:
-            raise InputFileError(path, "is a Git LFS pointer, not the embeddings",
-                                 "run 'git lfs pull' in the clone, or: hipt released patch --fetch")
-        fh.seek(0)
-        try:
-            obj = pickle.load(fh)  # noqa: S301 (trusted, sha256-verified release files; see the docstring)
-        except Exception as e:  # noqa: BLE001 (unpickling fails in many ways: EOFError, UnpicklingError, ...)
-            raise InputFileError(path, f"cannot be read as a pickle ({type(e).__name__}: {e})") from None
-    if not isinstance(obj, Mapping) or not {"embeddings", "labels"} <= set(obj):
-        keys = sorted(map(str, obj))[:8] if isinstance(obj, Mapping) else type(obj).__name__
-        raise InputFileError(path, f"expected a dict with keys 'embeddings' and 'labels', got {keys}")
-    emb, labels = np.asarray(obj["embeddings"]), np.asarray(obj["labels"]).ravel()
-    if emb.ndim != 2 or emb.shape[0] == 0:
-        raise InputFileError(path, f"embeddings must be a non-empty [N, D] array, got shape {list(emb.shape)}")
-    if len(labels) != len(emb):
-        raise InputFileError(path, f"{len(emb)} embeddings but {len(labels)} labels")
-    if not np.issubdtype(emb.dtype, np.number):
-        raise InputFileError(path, f"embeddings are not numbers (dtype {emb.dtype})")
-    # row blocks: a 0.8 GB file must not need a second 0.8 GB boolean array
-    for start in range(0, len(emb), 16384):
-        if not np.isfinite(emb[start:start + 16384]).all():
-            raise InputFileError(path, "embeddings have NaN or infinite values")
-    return emb, labels
+    """The ``(embeddings [N, D], labels [N])`` of one released patch pickle
+    (:func:`hipt.released.registry.read_embedding_pickle`, whose errors quote ``hipt released patch --fetch``)."""
+    return read_embedding_pickle(path, "hipt released patch --fetch")
 
 
 def _load(item: PickleInput) -> tuple[np.ndarray, np.ndarray, str]:

@@ -27,14 +27,16 @@ from __future__ import annotations
 import gzip
 import io
 import os
-from collections.abc import Iterable, Sequence
+import pickle
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from hipt.errors import HIPTError
+from hipt.errors import HIPTError, InputFileError
 from hipt.paths import PACKAGE_DIR, cache_dir
 
 __all__ = [
@@ -59,6 +61,7 @@ __all__ = [
     "knn_folds_dir",
     "slide_embeddings_dir",
     "patch_dir",
+    "read_embedding_pickle",
 ]
 
 REFERENCE_COMMIT = "780fafaed2e5b112bc1ed6e78852af1fe6714342"
@@ -87,6 +90,7 @@ PATCH_ENCODERS = {
 }
 
 _MANIFEST = PACKAGE_DIR / "data" / "released_manifest.csv.gz"
+_LFS_MAGIC = b"version https://git-lfs.github.com/spec"
 
 
 @dataclass(frozen=True)
@@ -224,3 +228,50 @@ def slide_embeddings_dir(root: str | Path | None = None) -> Path:
 def patch_dir(root: str | Path | None = None) -> Path:
     """``<root>/3-Self-Supervised-Eval/embeddings_patch_lib``."""
     return released_root(root) / PATCH_DIR
+
+
+def read_embedding_pickle(path: str | Path, fetch_hint: str = "hipt released fetch") -> tuple[np.ndarray, np.ndarray]:
+    """The ``(embeddings [N, D], labels [N])`` of one released pickle (a KNN fold or a patch dataset).
+
+    The file is a pickled dict ``{'embeddings': [N, D] ndarray, 'labels': [N] ndarray}``; the arrays are
+    returned as stored (float32 embeddings; labels are strings for the KNN folds and CRC-100K, ints for
+    BCSS, floats in [0, 1] for BreastPathQ).  ``fetch_hint`` is the command that gets the file, quoted in
+    the errors.
+
+    Unpickling can run arbitrary code, so this function must only read trusted files.  It is used on the
+    reference's released files, which ``hipt released fetch`` downloads and checks against the sha256
+    recorded in the package's manifest (:mod:`hipt.released.registry`): the bytes are exactly those the
+    reference's authors published.  Do not point it at pickles of unknown origin.
+
+    Raises:
+        InputFileError: one line naming the file when it is missing, a Git LFS pointer (a clone without
+            ``git lfs pull``), not a pickle, or not a dict with those two keys and matching lengths.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "released embedding file not found", f"get it with: {fetch_hint}")
+    with open(path, "rb") as fh:
+        head = fh.read(len(_LFS_MAGIC))
+        if head == _LFS_MAGIC:
+            raise InputFileError(path, "is a Git LFS pointer, not the embeddings",
+                                 f"run 'git lfs pull' in the clone, or: {fetch_hint}")
+        fh.seek(0)
+        try:
+            obj = pickle.load(fh)  # noqa: S301 (trusted, sha256-verified release files; see the docstring)
+        except Exception as e:  # noqa: BLE001 (unpickling fails in many ways: EOFError, UnpicklingError, ...)
+            raise InputFileError(path, f"cannot be read as a pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, Mapping) or not {"embeddings", "labels"} <= set(obj):
+        keys = sorted(map(str, obj))[:8] if isinstance(obj, Mapping) else type(obj).__name__
+        raise InputFileError(path, f"expected a dict with keys 'embeddings' and 'labels', got {keys}")
+    emb, labels = np.asarray(obj["embeddings"]), np.asarray(obj["labels"]).ravel()
+    if emb.ndim != 2 or emb.shape[0] == 0:
+        raise InputFileError(path, f"embeddings must be a non-empty [N, D] array, got shape {list(emb.shape)}")
+    if len(labels) != len(emb):
+        raise InputFileError(path, f"{len(emb)} embeddings but {len(labels)} labels")
+    if not np.issubdtype(emb.dtype, np.number):
+        raise InputFileError(path, f"embeddings are not numbers (dtype {emb.dtype})")
+    # row blocks: a 0.8 GB file must not need a second 0.8 GB boolean array
+    for start in range(0, len(emb), 16384):
+        if not np.isfinite(emb[start:start + 16384]).all():
+            raise InputFileError(path, "embeddings have NaN or infinite values")
+    return emb, labels
