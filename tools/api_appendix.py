@@ -30,7 +30,7 @@ GROUPS = [
     ("Pretraining", ["hipt.pretrain", "hipt.pretrain.augment", "hipt.pretrain.head", "hipt.pretrain.loss",
                      "hipt.pretrain.schedules", "hipt.pretrain.data", "hipt.pretrain.trainer"]),
     ("Slide-level tasks", ["hipt.tasks", "hipt.tasks.tcga", "hipt.tasks.splits", "hipt.tasks.datasets",
-                           "hipt.tasks.train", "hipt.tasks.tables", "hipt.metrics", "hipt.survival", "hipt.knn"]),
+                           "hipt.tasks.train", "hipt.tasks.tables", "hipt.tasks.route", "hipt.metrics", "hipt.survival", "hipt.knn"]),
     ("Real TCGA from the released embeddings", ["hipt.released", "hipt.released.registry", "hipt.released.fetch",
                                                 "hipt.released.slide", "hipt.released.patch", "hipt.released.cli"]),
     ("Attention", ["hipt.attention", "hipt.heatmaps"]),
