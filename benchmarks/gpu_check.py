@@ -7,6 +7,11 @@
    bf16 matmul peak measured in the same run.
 3. A short stage-1 DINO run at the ``paper`` preset (ViT-S/16, 224/96 crops, out_dim 65536) in bf16 on
    phantom patches: images/s and peak GPU memory.
+4. Precision that follows the hardware (:mod:`hipt.precision`): one fine-tuning epoch (HIPT with its
+   ViT-4K fine-tuned, and TransMIL, on synthetic ViT-S-sized features) and a few stage-1 DINO steps (the
+   cpu-tiny model) with precision ``auto``, ``fp16`` (gradient scaler), ``bf16`` where the GPU has it
+   natively, and ``fp32`` for comparison; then the ``paper`` preset's own fp16 for a few steps.  Records
+   what each request resolved to, the printed line, the losses (all finite?) and the final loss scale.
 
 Writes ``$OUT/gpu_check.json`` (or ``benchmarks/results/gpu_check.json`` with ``--save``).
 """
@@ -15,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hipt.models import HIPT4K, vit4k_xs, vit256_small  # noqa: E402
+from hipt.precision import describe, native_bf16, resolve_precision  # noqa: E402
 
 
 def sync():
@@ -59,15 +67,112 @@ def phantom_regions(n: int, size: int = 4096) -> torch.Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
+def finetune_bags(root: Path, n: int = 16, seed: int = 0) -> dict[str, str]:
+    """``n`` synthetic slides of ViT-S-sized features (2-4 regions of 256 patch tokens, class 1 shifted),
+    their table and split files: a fine-tuning task as :class:`hipt.tasks.train.FinetuneConfig` fields."""
+    import h5py
+    import pandas as pd
+
+    from hipt.tasks.splits import make_splits
+
+    rng = np.random.default_rng(seed)
+    feats = root / "features"
+    feats.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        m = int(rng.integers(2, 5))
+        with h5py.File(feats / f"s{i}.h5", "w") as f:
+            f["feats256"] = (rng.normal(size=(m, 256, 384)) + 0.5 * (i % 2)).astype(np.float16)
+            f["feats4k"] = (rng.normal(size=(m, 192)) + 0.5 * (i % 2)).astype(np.float32)
+            f["coords"] = (np.arange(2 * m).reshape(m, 2) * 4096).astype(np.int64)
+    table = pd.DataFrame({"slide_id": [f"s{i}" for i in range(n)], "label": [i % 2 for i in range(n)],
+                          "case_id": [f"c{i}" for i in range(n)]})
+    table.to_csv(root / "table.csv", index=False)
+    make_splits(table, 1, "subtype", seed=seed, out_dir=root / "splits", val_frac=0.25, test_frac=0.25)
+    return {"features_dir": str(feats), "task": str(root / "table.csv"), "splits_dir": str(root / "splits")}
+
+
+def precision_check(paper_steps: int = 10) -> dict:
+    """Section 4: each precision request through fine-tuning and DINO pretraining on this GPU.
+
+    Runs in a temporary folder, not under ``$OUT``: the paper preset's checkpoint is hundreds of MB.  A
+    run that fails (e.g. a non-finite DINO loss, which stops training) is recorded with its error and
+    the others go on, so that one failure does not cost the rest of the device time.
+    """
+    from hipt.pretrain import make_config, train
+    from hipt.tasks.train import FinetuneConfig, train_fold
+
+    requests = ["auto", "fp16"] + (["bf16"] if native_bf16("cuda") else []) + ["fp32"]
+    report: dict = {"native_bf16": native_bf16("cuda"), "rows": []}
+    out = Path(tempfile.mkdtemp(prefix="gpu_check_precision_"))
+    task = finetune_bags(out / "bags")
+
+    def record(what: str, requested: str, run) -> None:
+        """``run()`` returns ``(losses, extra fields)``; the row says what the request resolved to."""
+        r: dict = {"what": what, "requested": requested}
+        t = time.perf_counter()
+        try:
+            r.update(resolved=resolve_precision(requested, "cuda"), printed=describe(requested, "cuda"))
+            losses, extra = run()
+            r.update(losses=[round(v, 4) for v in losses], finite=all(math.isfinite(v) for v in losses), **extra)
+        except Exception as e:  # noqa: BLE001 - recorded, and the next run goes on
+            r.update(finite=False, error=f"{type(e).__name__}: {e}")
+        r["seconds"] = round(time.perf_counter() - t, 1)
+        report["rows"].append(r)
+        print(r, flush=True)
+
+    def finetune(method: str, local: str, requested: str):
+        cfg = FinetuneConfig(**task, method=method, hipt_local=local, max_epochs=1, accumulation=4, fractions=[1.0],
+                             folds=[0], out=str(out / "finetune"), device="cuda", precision=requested, verbose=False)
+        res = train_fold(cfg, 0, write=False)
+        probs = res.predictions.filter(like="prob_").to_numpy()
+        return res.history["loss"].tolist(), {"predictions_finite": bool(np.isfinite(probs).all())}
+
+    def dino(cfg):
+        result = train(cfg)
+        ckpt = torch.load(Path(cfg.out_dir) / "checkpoint.pth", map_location="cpu", weights_only=False)
+        return [r["loss"] for r in result.log], {"loss_scale": (ckpt.get("fp16_scaler") or {}).get("scale")}
+
+    for requested in requests:
+        for method, local in (("hipt", "finetune"), ("transmil", "frozen")):
+            record(f"finetune {method} ({local}), 1 epoch", requested,
+                   lambda method=method, local=local: finetune(method, local, requested))
+        tiny = make_config(1, "cpu-tiny", n_phantom=128, steps_per_epoch=4, max_steps=8, checkpoint_every=10**9,
+                           num_workers=4, precision=requested, device="cuda", progress=False,
+                           out_dir=str(out / f"dino_tiny_{requested}"))
+        record("DINO stage 1, cpu-tiny model, 8 steps", requested, lambda tiny=tiny: dino(tiny))
+    # the paper preset's own precision (fp16, as the reference): ViT-S/16 and 65,536 prototypes
+    paper = make_config(1, "paper", data="phantom", n_phantom=256, batch_size_per_gpu=64, num_workers=8,
+                        max_steps=paper_steps, checkpoint_every=10**9, progress=False, device="cuda",
+                        out_dir=str(out / "dino_paper"))
+    record(f"DINO stage 1, paper preset, {paper_steps} steps", paper.precision, lambda: dino(paper))
+    report["all_finite"] = all(r["finite"] and r.get("predictions_finite", True) for r in report["rows"])
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dino-seconds", type=float, default=60)
     ap.add_argument("--dino-batch", type=int, default=128)
+    ap.add_argument("--paper-fp16-steps", type=int, default=10, help="section 4: steps of the paper preset in fp16")
+    ap.add_argument("--only-precision", action="store_true", help="run section 4 only (a few minutes less)")
     ap.add_argument("--save", action="store_true")
     args = ap.parse_args()
     res: dict = {"machine": torch.cuda.get_device_name(0), "torch": torch.__version__,
                  "date": time.strftime("%Y-%m-%d")}
     t0 = time.time()
+    out_root = Path(os.environ.get("OUT", "/tmp"))
+    if not args.only_precision:
+        sections_1_to_3(args, res, t0)
+    res["precision"] = precision_check(args.paper_fp16_steps)
+    print("precision: all losses finite" if res["precision"]["all_finite"] else "precision: NON-FINITE losses", flush=True)
+    res["total_s"] = round(time.time() - t0, 1)
+    dest = out_root / "gpu_check.json"
+    dest.write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+
+
+def sections_1_to_3(args: argparse.Namespace, res: dict, t0: float) -> None:
+    """bf16 correctness and throughput of the region encoder, then a short paper-preset DINO run (into ``res``)."""
     peak = matmul_peak()
     res["bf16_matmul_peak_tflops"] = round(peak / 1e12, 1)
     print("bf16 matmul peak TFLOP/s", res["bf16_matmul_peak_tflops"], flush=True)
@@ -149,10 +254,6 @@ def main() -> None:
         "times": times[:3] + times[-3:] if times and times[0] is not None else None,
     }
     print(res["dino_stage1_paper"], flush=True)
-    res["total_s"] = round(time.time() - t0, 1)
-    dest = Path(os.environ.get("OUT", "/tmp")) / "gpu_check.json"
-    dest.write_text(json.dumps(res, indent=1))
-    print(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

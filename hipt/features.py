@@ -11,7 +11,7 @@ HDF5 file per slide, ``OUT/<slide>.h5``:
   float16 keeps ~3 significant digits, as much as bf16 compute produces anyway);
 - ``feats4k`` ``[M, D4k]``: ViT4096 [CLS] per region (float32), only when a ViT4K is given;
 - ``coords`` ``[M, 2]`` int64: the regions' level-0 top-left ``x, y`` (as in the coords file);
-- attributes: ``models`` (JSON: architectures and weights), ``dtype`` (compute: ``fp32``/``bf16``),
+- attributes: ``models`` (JSON: architectures and weights), ``dtype`` (compute: ``fp32``/``bf16``/``fp16``),
   ``normalization`` (JSON mean/std), ``storage_dtype``, ``region_size``, ``patch_size``, ``grid``
   (patches per region, rows × cols), ``target_mpp``, ``slide_mpp``, ``slide_path``, ``coords_path``,
   ``n_regions``, ``hipt_version``.
@@ -27,8 +27,10 @@ Robust batch behaviour:
   (``hipt.slide.open_slide(...).read_region`` through :func:`hipt.tiling.load_coords`);
 - **bounded memory**: features are written to the file batch by batch, so memory grows with
   ``--batch-regions``, not with the slide;
-- **bf16**: ``--dtype bf16`` runs under ``torch.autocast(bfloat16)`` (tested: cosine similarity ≥ 0.999
-  with fp32 features);
+- **precision** (:mod:`hipt.precision`, printed at the start): ``--dtype bf16`` runs under
+  ``torch.autocast(bfloat16)`` (tested: cosine similarity ≥ 0.999 with fp32 features), ``fp16`` under
+  float16 autocast (CUDA only), ``auto`` takes bf16 on a GPU that has it, fp16 on an older one (T4) and
+  fp32 on a CPU; the default stays fp32.  Inference needs no gradient scaler;
 - **several GPUs / nodes**: under ``torchrun`` each rank takes the slides ``i ≡ rank (mod world_size)``
   of the sorted list (no duplicated work) on ``cuda:LOCAL_RANK`` when the device is CUDA; a gloo process
   group is used only for the final barrier before rank 0 writes the summary.  A single process needs no
@@ -56,6 +58,7 @@ import torch
 from hipt import __version__
 from hipt.errors import HIPTError, InputFileError
 from hipt.io import atomic_path, atomic_write_text, data_files
+from hipt.precision import PRECISIONS, autocast, describe, resolve_precision
 
 __all__ = [
     "ExtractResult",
@@ -69,7 +72,6 @@ __all__ = [
 ]
 
 SUMMARY_COLUMNS = ("slide", "status", "n_regions", "reason")
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -194,12 +196,6 @@ def _is_complete(path: Path) -> bool:
         return False
 
 
-def _autocast(device: torch.device, dtype: str):
-    if DTYPES[dtype] is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
-
-
 def extract_slide(
     slide_path: str | Path | None,
     coords_h5: str | Path,
@@ -223,7 +219,8 @@ def extract_slide(
         model: a :class:`hipt.models.HIPT4K` (see :func:`build_encoder`); moved to ``device``.
         batch_regions: regions per forward pass (memory grows with it: 4096-px regions hold 256 patches).
         workers: DataLoader worker processes reading regions while the model computes (0: read inline).
-        dtype: ``"fp32"`` or ``"bf16"`` (autocast).
+        dtype: compute precision, ``"fp32"``, ``"bf16"``, ``"fp16"`` (autocast) or ``"auto"``
+            (:func:`hipt.precision.resolve_precision`); the file's ``dtype`` attribute is the resolved one.
         device: torch device.
         storage_dtype: ``"float32"`` or ``"float16"`` for ``feats256``.
         overwrite: recompute even if ``out_path`` exists and is complete.
@@ -234,8 +231,8 @@ def extract_slide(
     import h5py
     from tqdm.auto import tqdm
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    device = torch.device(device)
+    dtype = resolve_precision(dtype, device)  # unknown names and fp16 on a CPU fail before any work
     if storage_dtype not in ("float32", "float16"):
         raise ValueError(f"storage_dtype must be float32 or float16, got {storage_dtype!r}")
     out_path = Path(out_path)
@@ -254,7 +251,6 @@ def extract_slide(
         raise InputFileError(ds.slide_path, "slide file not found", f"named by {coords_h5}; pass --slides")
     ds._open()  # fail early (unreadable slide) in the main process
     ds.close()
-    device = torch.device(device)
     model = model.to(device).eval()
     gh = gw = rc.region_size // rc.patch_size
     n = gh * gw
@@ -272,7 +268,7 @@ def extract_slide(
             f.create_dataset("coords", data=rc.coords.astype(np.int64))
             bar = tqdm(total=m, desc=name, unit="region", leave=False, disable=not progress)
             i = 0
-            with torch.inference_mode(), _autocast(device, dtype):
+            with torch.inference_mode(), autocast(device, dtype):
                 for regions in loader:
                     out = model(regions.to(device, non_blocking=True))
                     b = regions.shape[0]
@@ -438,6 +434,9 @@ def extract_folder(
     files = _coords_files(coords)
     index = _slide_index(slides)
     log = log or (lambda line: tqdm.write(line, file=sys.stderr))
+    requested, dtype = dtype, resolve_precision(dtype, device)  # once: a bad name fails the run, not each slide
+    if progress and rank == 0:
+        log(describe(requested, device, training=False))
     mine = files[rank::world_size]
     results: list[ExtractResult] = []
     bar = tqdm(mine, desc=f"hipt extract{f' [rank {rank}]' if world_size > 1 else ''}", unit="slide",
@@ -538,8 +537,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ViT256 weights: registry name, checkpoint path or URL, or random:vit256_tiny")
     parser.add_argument("--vit4k", default="vit4k_xs_dino",
                         help="ViT4K weights (as --vit256), or 'none' to write feats256 only (stage-2 data)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
-                        help="compute precision; bf16 = autocast (cos. sim. >= 0.999 with fp32)")
+    parser.add_argument("--dtype", choices=list(PRECISIONS), default="fp32",
+                        help="compute precision: fp32; bf16 = autocast (cos. sim. >= 0.999 with fp32); fp16 = "
+                             "float16 autocast (CUDA); auto = bf16 on a GPU that has it, fp16 on older GPUs (T4), "
+                             "fp32 on a CPU")
     parser.add_argument("--storage-dtype", choices=["float32", "float16"], default="float32",
                         help="storage of feats256 (float16 halves the files)")
     parser.add_argument("--device", default=None,

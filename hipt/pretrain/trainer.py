@@ -29,7 +29,8 @@ Tuning advice (DINO's, and ours on the phantom data)
   one pass over the data), so ``--epochs 100 --steps-per-epoch 4000 --warmup-epochs 10`` reproduces the
   paper's schedule whatever the data size.
 - **Out of memory**: lower ``--batch-size-per-gpu`` (and maybe ``--local-crops-number``), use
-  ``--precision bf16`` (or ``fp16`` on older GPUs).
+  ``--precision auto`` (bf16 where the GPU has it, fp16 with a gradient scaler on older GPUs such as
+  the T4).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ import torch.nn as nn
 
 from hipt.errors import HIPTError, InputFileError
 from hipt.io import atomic_path, atomic_write_text
+from hipt.precision import autocast, describe, grad_scaler, resolve_precision
 from hipt.pretrain.augment import GridMultiCrop, PatchMultiCrop
 from hipt.pretrain.data import (
     ArrayPatches,
@@ -197,6 +199,8 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
         ),
     },
     "paper": {
+        # fp16 with a gradient scaler, as the reference (DINO's use_fp16): a GPU run (on a CPU pass
+        # precision="bf16" or "fp32"); precision="auto" takes bf16 instead where the GPU has it.
         1: dict(
             arch="vit256_small", patch_size=256, global_crop_size=224, local_crop_size=96, out_dim=65536,
             head_hidden_dim=2048, head_bottleneck_dim=256, batch_size_per_gpu=64, epochs=100,
@@ -457,6 +461,9 @@ def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int) 
     # length it used from its checkpoint.
     done_spe = int(ckpt["steps_per_epoch"]) if ckpt is not None and "steps_per_epoch" in ckpt else None
     finished = done_spe is not None and int(ckpt["step"]) >= _stop_step(config, config.epochs * done_spe)
+    # resolved before the data are drawn (fp16 on a CPU fails here); a finished run only loads its
+    # checkpoint, so an fp16 run trained on a GPU can still be read on a CPU
+    precision = "fp32" if finished else resolve_precision(config.precision, device)
     if dataset is None and not finished:
         dataset = build_dataset(config)
     elif dataset is not None and getattr(dataset, "transform", "unset") is None:
@@ -494,11 +501,7 @@ def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int) 
         config.warmup_teacher_temp_epochs, config.epochs, config.student_temp, config.center_momentum,
     ).to(device)
     optimizer = torch.optim.AdamW(param_groups(student))
-    use_fp16 = config.precision == "fp16" and device.startswith("cuda")
-    scaler = torch.amp.GradScaler("cuda") if use_fp16 else None
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
-    if config.precision == "fp16" and not use_fp16:
-        amp_dtype = torch.bfloat16  # fp16 autocast needs a GPU; bf16 is the CPU's half precision
+    scaler = grad_scaler(device, precision)  # enabled for fp16 only; otherwise a pass-through
     device_type = "cuda" if device.startswith("cuda") else "cpu"
 
     schedules = dino_schedules(
@@ -515,7 +518,7 @@ def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int) 
         teacher.load_state_dict(ckpt["teacher"])
         optimizer.load_state_dict(ckpt["optimizer"])
         dino_loss.load_state_dict(ckpt["dino_loss"])
-        if scaler is not None and ckpt.get("fp16_scaler"):
+        if scaler.is_enabled() and ckpt.get("fp16_scaler"):
             scaler.load_state_dict(ckpt["fp16_scaler"])
         start_step = int(ckpt["step"])
         rng = ckpt.get("rng") or {}
@@ -544,6 +547,7 @@ def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int) 
 
         bar = tqdm(total=stop_step, initial=start_step, desc=f"DINO stage {config.stage}", unit="step",
                    dynamic_ncols=True)
+        bar.write(describe(config.precision, device))
         if start_step == 0:
             bar.write(f"uniform-output loss ln(out_dim) = {uniform_loss(config.out_dim):.3f}; "
                       f"{total_steps} steps ({config.epochs} epochs × {steps_per_epoch}), global batch {global_batch}")
@@ -561,7 +565,7 @@ def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int) 
         crops = [c.to(device, non_blocking=True) for c in crops]
         if deferred is not None:  # stage 1: the colour half of the augmentation, on the whole batch
             crops = deferred.photometric(crops[:-1], crops[-1])
-        with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(device, precision):
             with torch.no_grad():
                 teacher_out = teacher(crops[:2])
             student_out = student_ddp(crops)
@@ -570,19 +574,13 @@ def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int) 
             raise HIPTError(f"{out_dir}: loss is {loss.item()} at step {step}; stopping "
                             "(lower --lr, raise --warmup-epochs, or use --precision fp32)")
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clipping must see the true gradients, as DINO's fp16_scaler
         clip_gradients(student, config.clip_grad, config.clip_mode)
         if epoch < config.freeze_last_layer:
             cancel_last_layer_gradients(student)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        scaler.step(optimizer)  # fp16: skipped when a gradient overflowed (and the scale drops)
+        scaler.update()
         ema_update(teacher, student, float(schedules["momentum"][step]))
 
         loss_value = loss.detach()
@@ -656,7 +654,7 @@ def _save_checkpoint(path: Path, config, student, teacher, optimizer, dino_loss,
             "hipt": {"config": dict(teacher.backbone.config), "stage": config.stage,
                      "normalization": config.normalization, "pretrain_config": json.dumps(asdict(config))},
         }
-        if scaler is not None:
+        if scaler.is_enabled():
             ckpt["fp16_scaler"] = scaler.state_dict()
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -714,7 +712,8 @@ _HELP = {
     "steps_per_epoch": "steps per epoch (default: one pass over the data)",
     "max_steps": "stop after this step (the schedules still span all epochs): for interrupted runs",
     "clip_mode": "param: clip each parameter's gradient (DINO); global: clip the total norm",
-    "precision": "fp32 | bf16 (autocast, CPU or GPU) | fp16 (GPU, with a GradScaler)",
+    "precision": "auto (bf16 on a GPU that has it, fp16 on older GPUs such as the T4, fp32 on a CPU) | bf16 "
+                 "(autocast, CPU or GPU) | fp16 (CUDA only, with a gradient scaler) | fp32",
     "normalization": "hipt (0.5/0.5, what inference uses) | imagenet (what the reference's stage 1 used)",
     "embed_dim": "override the arch's width (with --depth/--num-heads: custom sizes)",
     "init_weights": "start from a released-format checkpoint (continued pretraining)",

@@ -30,7 +30,6 @@ folds and fractions and skips the ones already written (resume).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import math
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 
 from hipt.errors import HIPTError
 from hipt.io import atomic_path
+from hipt.precision import PRECISIONS, autocast, describe, grad_scaler, resolve_precision
 from hipt.tasks.datasets import BagDataset, bag_items
 from hipt.tasks.tables import RECORD_COLUMNS, write_fold_results
 
@@ -98,8 +98,10 @@ class FinetuneConfig:
     ``frac_seed=1``; survival: ``n_bins=4``, ``alpha_surv=0.0``.
 
     Running: ``out`` (results folder), ``device`` (``"auto"``: CUDA if available), ``precision``
-    (``"fp32"``, or ``"bf16"``: autocast of the forward pass, e.g. for TransMIL's attention over tens of
-    thousands of patch tokens on a GPU), ``cache_mb`` (LRU
+    (``"fp32"``, the reference's; ``"auto"``: bf16 on a GPU that has it, fp16 with a gradient scaler on
+    an older GPU such as the T4, fp32 on a CPU; or ``"bf16"``/``"fp16"``: :mod:`hipt.precision`.  Half
+    precision autocasts the forward pass, e.g. for TransMIL's attention over tens of thousands of patch
+    tokens on a GPU), ``cache_mb`` (LRU
     cache of decoded bags), ``num_workers`` (DataLoader workers reading feature files), ``missing``
     (``"error"``/``"drop"`` for slides without a feature file), ``resume`` (skip finished folds),
     ``save_model`` (keep each fold's final weights), ``verbose``.
@@ -240,14 +242,6 @@ def _item_to(item: dict, device: torch.device) -> dict:
     return out
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision != "bf16":
-        raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 def _loader(ds: BagDataset, sampler=None, num_workers: int = 0) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         ds, batch_size=None, sampler=sampler, shuffle=False, num_workers=num_workers,
@@ -266,6 +260,7 @@ def train_epoch(
     alpha: float = 0.0,
     device: torch.device = torch.device("cpu"),
     precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
     """One epoch, one bag per step, with gradient accumulation.
 
@@ -273,25 +268,32 @@ def train_epoch(
     them) is divided by ``accumulation`` and back-propagated; the optimizer steps every
     ``accumulation`` bags and after the last one.  ``reference_accumulation=True``: steps after every
     bag (the reference's behaviour, issue #53).  Returns the mean loss and the number of steps.
+
+    ``precision`` (:mod:`hipt.precision`): the forward pass runs under its autocast; fp16 scales the
+    loss with ``scaler`` (pass the fold's, so that its scale carries over from epoch to epoch; None:
+    a new one, from :func:`hipt.precision.grad_scaler`).  For fp32 and bf16 the scaler is disabled and
+    the step is exactly ``backward(); optimizer.step()``.
     """
+    scaler = scaler if scaler is not None else grad_scaler(device, precision)
     model.train()
     optimizer.zero_grad(set_to_none=True)
     total, n, steps = 0.0, 0, 0
     n_items = len(loader)
     for i, item in enumerate(loader):
         item = _item_to(item, device)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             out = model(item["bag"], label=item["label"])
         loss = task_loss(out["logits"].float(), item, survival, alpha)
         if "aux_logits" in out:
             loss = loss + task_loss(out["aux_logits"].float(), item, survival, alpha)
         if "extra_loss" in out:
             loss = loss + out["extra_loss"]
-        (loss / accumulation).backward()
+        scaler.scale(loss / accumulation).backward()
         total += float(loss.detach())
         n += 1
         if reference_accumulation or (i + 1) % accumulation == 0 or i + 1 == n_items:
-            optimizer.step()
+            scaler.step(optimizer)  # fp16: skipped when a gradient overflowed (and the scale drops)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
     return {"loss": total / max(n, 1), "steps": steps}
@@ -308,7 +310,7 @@ def predict(
     rows = []
     for item in _loader(ds, num_workers=num_workers):
         item = _item_to(item, device)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             logits = model(item["bag"])["logits"].float()
         row = {"id": item["id"], "label": int(item["label"][0])}
         if survival:
@@ -425,6 +427,7 @@ def train_fold(
     name = config.task_name or task.name
     method = method_name(config)
     device = _device(config.device)
+    precision = resolve_precision(config.precision, device)  # once, before any data are read
     keys = _keys_for(config.method, config.hipt_local, config.tokens)
     split = task.fold(fold, fraction, random_state=config.frac_seed)
 
@@ -452,16 +455,17 @@ def train_fold(
     model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    scaler = grad_scaler(device, precision)  # one per fold: fp16's loss scale adapts over its epochs
     g = torch.Generator().manual_seed(config.seed)
     loader = _loader(train, make_sampler(train, config.weighted_sample, g), config.num_workers)
 
     history, best, best_state = [], -math.inf, None
     for epoch in range(config.max_epochs):
         stats = train_epoch(model, loader, optimizer, survival, config.accumulation,
-                            config.reference_accumulation, config.alpha_surv, device, config.precision)
+                            config.reference_accumulation, config.alpha_surv, device, precision, scaler)
         row = {"epoch": epoch, **stats}
         if config.selection == "val" and sets["val"] is not None:
-            m = evaluate(predict(model, sets["val"], survival, device, precision=config.precision), survival)
+            m = evaluate(predict(model, sets["val"], survival, device, precision=precision), survival)
             key = "c_index" if survival else "auc"
             row[f"val_{key}"] = m.get(key, float("nan"))
             if row[f"val_{key}"] > best:
@@ -479,7 +483,7 @@ def train_fold(
     for s in ("val", "test"):
         if sets[s] is None:
             continue
-        p = predict(model, sets[s], survival, device, config.num_workers, config.precision)
+        p = predict(model, sets[s], survival, device, config.num_workers, precision)
         metrics[s] = evaluate(p, survival)
         preds.append(p.assign(split=s))
     metrics.setdefault("train", {})["loss"] = history[-1]["loss"] if history else float("nan")
@@ -510,13 +514,16 @@ def run_cv(config: FinetuneConfig, local_vit: torch.nn.Module | None = None, tas
     task = task if task is not None else _load_task(config)
     name = config.task_name or task.name
     folds = config.folds if config.folds is not None else list(range(task.n_folds))
-    frames = []
+    frames, shown = [], False
     for fraction in config.fractions:
         for k in folds:
             path = fold_paths(config.out, name, method_name(config), fraction, k)["results"]
             if config.resume and path.is_file():
                 frames.append(pd.read_csv(path))
                 continue
+            if config.verbose and not shown:  # once, and only when a fold trains (not for a resumed run)
+                print(describe(config.precision, _device(config.device)))
+                shown = True
             frames.append(train_fold(config, k, fraction, task=task, local_vit=local_vit).records)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(RECORD_COLUMNS))
 
@@ -647,8 +654,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vit4k-weights", default=None,
                         help="HIPT's ViT-4096 weights (registry name, path or URL; e.g. vit4k_xs_dino)")
     parser.add_argument("--device", default=d.device)
-    parser.add_argument("--precision", default=d.precision, choices=["fp32", "bf16"],
-                        help="bf16: autocast the forward pass (GPU; e.g. TransMIL on large bags)")
+    parser.add_argument("--precision", default=d.precision, choices=list(PRECISIONS),
+                        help="fp32 (the reference's); auto: bf16 on a GPU that has it, fp16 with a gradient "
+                             "scaler on older GPUs (T4), fp32 on a CPU; bf16/fp16: autocast the forward pass "
+                             "(e.g. TransMIL on large bags)")
     parser.add_argument("--workers", type=int, default=d.num_workers, help="DataLoader workers reading features")
     parser.add_argument("--cache-mb", type=float, default=d.cache_mb, help="LRU cache of decoded bags (MB)")
     parser.add_argument("--missing", default=d.missing, choices=["error", "drop"],
