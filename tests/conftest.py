@@ -9,17 +9,24 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from hipt.paths import shared_data_dir, shared_reference_dir  # noqa: E402
+from hipt.paths import _no_shared, shared_data_dir, shared_reference_dir  # noqa: E402
 
 SHARED_DATA = shared_data_dir()
 SHARED_REFERENCE = shared_reference_dir()
+
+
+def _absent(what: str, variable: str) -> str:
+    """The skip reason for missing shared data: HIPT_NO_SHARED if that hid it, else how to provide it."""
+    if _no_shared():
+        return f"{what} not used: HIPT_NO_SHARED is set (unset it to run this test on the shared data)"
+    return f"{what} not found: set {variable} or place shared/ beside the checkout"
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (or ``$HIPT_SHARED_DATA``); skips the test where it is absent."""
     if SHARED_DATA is None:
-        pytest.skip("real sample data not found: set HIPT_SHARED_DATA or place shared/ beside the checkout")
+        pytest.skip(_absent("real sample data", "HIPT_SHARED_DATA"))
     return SHARED_DATA
 
 
@@ -35,7 +42,7 @@ def shared_slides(shared_data: Path) -> Path:
 def tcga_reference() -> Path:
     """``../shared/reference/tcga``: the real TCGA task tables and split files."""
     if SHARED_REFERENCE is None or not (SHARED_REFERENCE / "tcga").is_dir():
-        pytest.skip("reference TCGA tables not found: set HIPT_SHARED_REFERENCE or place shared/ beside the checkout")
+        pytest.skip(_absent("reference TCGA tables", "HIPT_SHARED_REFERENCE"))
     return SHARED_REFERENCE / "tcga"
 
 
