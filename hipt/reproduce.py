@@ -33,9 +33,24 @@ parameters; papermill injects them in a cell after the chapter's cell tagged ``p
     run covers all of a chapter's defaults in one execution; a KNN run covers all folds at once).
     Only the axes of the grid are injected: ``--quick`` injects none of them, so the chapter runs
     its CPU defaults.
+``features_dir`` (str), ``splits_dir`` (str), ``table`` (str), ``missing`` ("error" or "drop")
+    What a ``"paper"`` run reads: the folder of ``{slide_id}.h5``/``.pt`` feature files, the split
+    folder of an own table, a slide table (needed for COADREAD and STAD, whose tables are not public)
+    and what to do with slides that have no feature file (``--missing drop``: leave them out). Given
+    with ``--param NAME=VALUE`` (``--missing`` for the last).
 any ``--param NAME=VALUE``
     Passed as is (VALUE parsed as JSON when it parses, else kept as a string); ``{task}`` in a
     string value is replaced by the run's task (e.g. one features folder per task).
+
+Inputs are checked first
+------------------------
+Before any notebook is executed, every planned ``"paper"`` run of chapters 6, 7 and 8 that has not
+finished before is checked with :func:`hipt.tasks.preflight.check_task_inputs` (its task, table and
+split files, features folder, the slides without a feature file, the arrays its methods read). If one
+cannot start, nothing runs: identical problems are grouped into one message (exit code 1), e.g.
+``hipt reproduce table1`` without ``--param features_dir=/path/{task}/features`` stops in seconds with
+one line instead of a traceback per run. ``--dry-run`` lists every run with what it needs and whether
+it is there.
 
 Output layout (``--out``, default ``outputs/reproduce``)::
 
@@ -48,10 +63,13 @@ Output layout (``--out``, default ``outputs/reproduce``)::
 
 A run is *finished* when its ``provenance.json`` says ``"status": "ok"``; those are skipped on the next
 invocation (``--force`` reruns them). The run id names the chapter and grid point and ends in a hash of
-all its parameters, so changing a parameter makes a new run rather than reusing an old one.
+all its parameters, so changing a parameter makes a new run rather than reusing an old one. In Colab,
+put ``--out`` on Google Drive (e.g. ``/content/drive/MyDrive/hipt-reproduce``): a new runtime then
+resumes where the last one stopped (a runtime's own disk is lost with it).
 
 Exit codes: 0 every run ok (tables written); 1 at least one run failed (the others completed; tables
-assembled from the finished runs); 2 usage error (e.g. an unknown chapter or target).
+assembled from the finished runs), or a run's inputs are missing (nothing was run); 2 usage error (e.g.
+an unknown chapter or target).
 """
 
 from __future__ import annotations
@@ -257,6 +275,86 @@ def target_runs(name: str, *, quick: bool = False, preset: str = "paper", params
 def quick_runs(params: dict[str, Any] | None = None) -> list[Run]:
     """The phantom version: chapters 6, 7 and 8 once each with their CPU defaults."""
     return [Run(resolve_chapter(c), {"preset": "cpu", **(params or {})}) for c in QUICK_CHAPTERS]
+
+
+# --------------------------------------------------------------------------------------------------
+# inputs: checked before any notebook runs
+# --------------------------------------------------------------------------------------------------
+#: the chapters whose ``"paper"`` preset reads TCGA features, and the kind of task each trains
+FEATURE_CHAPTERS = {"06_finetuning": "subtype", "07_survival": "survival", "08_knn": "subtype"}
+
+
+def run_needs(run: Run) -> dict[str, Any] | None:
+    """What a run reads before it can start, as :func:`hipt.tasks.preflight.check_task_inputs` arguments.
+
+    None for a run that reads no features: a chapter other than 6, 7 and 8, or their ``"cpu"`` preset
+    (the chapters' default; chapter 8 also runs its TCGA part when given ``features_dir``).
+    """
+    stem, p = run.chapter.stem, run.parameters
+    kind = FEATURE_CHAPTERS.get(stem)
+    paper = p.get("preset", "cpu") != "cpu" or (stem == "08_knn" and p.get("features_dir") is not None)
+    if kind is None or not paper:
+        return None
+    from hipt.tasks.preflight import feature_levels
+
+    methods = p.get("methods") or (KNN_METHODS if stem == "08_knn" else METHODS)
+    return {
+        "task": p.get("task"), "features_dir": p.get("features_dir"), "splits_dir": p.get("splits_dir"),
+        "table": p.get("table"), "kind": kind, "missing": p.get("missing", "error"),
+        "level": feature_levels(methods, hipt_local=p.get("hipt_local", "frozen")),
+    }
+
+
+def preflight_runs(runs: Sequence[Run]) -> list[tuple[Run, dict[str, Any] | None, Any]]:
+    """Check every run's inputs (:func:`run_needs`); ``(run, needs, result)`` in order.
+
+    ``result`` is None (nothing to check), a :class:`hipt.tasks.preflight.TaskInputs` or the
+    :class:`~hipt.errors.HIPTError` that says what is missing. Identical inputs are checked once.
+    """
+    from hipt.tasks.preflight import check_task_inputs
+
+    checked: dict[str, Any] = {}
+    out = []
+    for r in runs:
+        needs = run_needs(r)
+        if needs is None:
+            out.append((r, None, None))
+            continue
+        key = json.dumps(needs, sort_keys=True, default=str)
+        if key not in checked:
+            try:
+                checked[key] = check_task_inputs(needs["task"], needs["features_dir"], splits_dir=needs["splits_dir"],
+                                                 table=needs["table"], kind=needs["kind"], missing=needs["missing"],
+                                                 level=needs["level"], style="reproduce")
+            except HIPTError as e:
+                checked[key] = e
+        out.append((r, needs, checked[key]))
+    return out
+
+
+def check_runs(runs: Sequence[Run]) -> None:
+    """Raise one :class:`~hipt.errors.HIPTError` if any run's inputs are missing (identical problems grouped).
+
+    One problem shared by every failing run gives a single line; several give one line each, with the
+    number of runs and their tasks.
+    """
+    failed = [(r, res) for r, _, res in preflight_runs(runs) if isinstance(res, HIPTError)]
+    if not failed:
+        return
+    groups: dict[str, list[Run]] = {}
+    for r, e in failed:
+        for problem in getattr(e, "problems", None) or (str(e),):
+            groups.setdefault(problem, []).append(r)
+    head = f"hipt reproduce: {len(failed)} of {len(runs)} planned runs cannot start, nothing was run"
+    if len(groups) == 1:
+        raise HIPTError(f"{head}: {next(iter(groups))}")
+
+    def who(rs: list[Run]) -> str:
+        tasks = list(dict.fromkeys(str(r.parameters.get("task")) for r in rs))
+        return (f"{len(rs)} run{'s' if len(rs) > 1 else ''}: {', '.join(tasks[:4])}"
+                + (", ..." if len(tasks) > 4 else ""))
+
+    raise HIPTError(head + ":\n" + "\n".join(f"  - {msg} ({who(rs)})" for msg, rs in groups.items()))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -506,18 +604,23 @@ def _one_line(e: BaseException) -> str:
 
 
 def reproduce(runs: Sequence[Run], out_dir: str | Path, *, force: bool = False, kernel: str | None = None,
-              timeout: float | None = None, assemble: bool = True, echo=print) -> list[Outcome]:
+              timeout: float | None = None, assemble: bool = True, echo=print,
+              preflight: bool = True) -> list[Outcome]:
     """Execute ``runs`` (skipping finished ones unless ``force``), then assemble the tables.
 
+    ``preflight``: first check the inputs of every run still to do (:func:`check_runs`); if any is
+    missing, raise one :class:`~hipt.errors.HIPTError` and execute nothing.
     Carries on past failing runs; the caller decides the exit code (see :func:`exit_code`).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    machine = hardware()
-    outcomes: list[Outcome] = []
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise HIPTError("runs: two runs have the same parameters (duplicate run ids)")
+    if preflight:
+        check_runs([r for r in runs if force or not is_finished(out / "runs" / r.run_id)])
+    out.mkdir(parents=True, exist_ok=True)
+    machine = hardware()
+    outcomes: list[Outcome] = []
     for i, run in enumerate(runs, 1):
         run_dir = out / "runs" / run.run_id
         if not force and is_finished(run_dir):
@@ -631,17 +734,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="paper", help="preset injected into grid runs ('paper' or 'cpu')")
     parser.add_argument("--param", "-p", action="append", type=_parse_param, default=[], metavar="NAME=VALUE",
                         help="extra papermill parameter (JSON value or string; {task} is replaced); repeatable")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/reproduce)")
+    parser.add_argument("--missing", choices=["error", "drop"], default=None,
+                        help="slides without a feature file: error (the chapters' default) or drop (leave them out, "
+                             "with a warning); passed to chapters 6, 7 and 8 as the parameter missing")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: outputs/reproduce). In Colab put it on Google Drive (e.g. "
+                             "/content/drive/MyDrive/hipt-reproduce): a resumed session then skips the runs that "
+                             "finished; a runtime's own disk is lost with it")
     parser.add_argument("--force", action="store_true", help="rerun runs that finished before")
     parser.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's, python3)")
     parser.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the runs, what each needs (task, table and splits, features folder) and whether "
+                             "it is there, then exit")
     parser.add_argument("--tables-only", action="store_true", help="only assemble the tables from finished runs")
+
+
+def _describe_needs(needs: dict[str, Any]) -> str:
+    parts = [f"task {needs['task']}"]
+    for key in ("table", "splits_dir"):
+        if needs.get(key):
+            parts.append(f"{key} {needs[key]}")
+    parts.append(f"features_dir {needs['features_dir']} [{', '.join(needs['level'])}]")
+    if needs.get("missing") == "drop":
+        parts.append("missing drop")
+    return ", ".join(parts)
 
 
 def plan_from_args(args: argparse.Namespace) -> list[Run]:
     """The runs an ``hipt reproduce`` command line asks for."""
     params = dict(args.param)
+    if getattr(args, "missing", None):
+        params["missing"] = args.missing
     if args.chapter:
         split = args.split_by.split(",") if args.split_by else GRID_AXES
         return grid_runs(args.chapter, tasks=args.tasks, methods=args.methods, fractions=args.fractions,
@@ -668,8 +792,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     runs = plan_from_args(args)
     if args.dry_run:
-        for r in runs:
-            print(f"{r.run_id}  {json.dumps(r.parameters, default=str)}")
-        print(f"{len(runs)} runs")
+        blocked = 0
+        for r, needs, result in preflight_runs(runs):
+            done = " (finished before: skipped)" if is_finished(out / "runs" / r.run_id) else ""
+            print(f"{r.run_id}{done}  {json.dumps(r.parameters, default=str)}")
+            if needs is not None:
+                blocked += isinstance(result, HIPTError)
+                print(f"    needs {_describe_needs(needs)}: "
+                      + (f"MISSING: {result}" if isinstance(result, HIPTError) else f"ok, {result.summary()}"))
+        print(f"{len(runs)} runs" + (f", {blocked} of them cannot start (MISSING above)" if blocked else ""))
         return 0
     return exit_code(reproduce(runs, out, force=args.force, kernel=args.kernel, timeout=args.timeout))
