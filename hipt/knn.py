@@ -273,9 +273,13 @@ def evaluate_knn(
 # ---------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``hipt knn``."""
-    parser.add_argument("--features", required=True, type=Path,
+    parser.add_argument("--released-folds", type=Path, default=None,
+                        help="instead of --features/--task: the reference's released knn-subtyping folder (pickled "
+                             "mean embeddings of its 10 folds; 'hipt released fetch --knn'): prints its KNN table "
+                             "regenerated beside its printed numbers")
+    parser.add_argument("--features", type=Path, default=None,
                         help="folder of per-slide feature files: {slide_id}.h5 from 'hipt extract' or released .pt")
-    parser.add_argument("--task", required=True,
+    parser.add_argument("--task", default=None,
                         help="a registered task name (e.g. tcga_lung_subtype: files fetched) or a task table CSV")
     parser.add_argument("--splits", type=Path, default=None,
                         help="folder of splits_{k}.csv (needed for your own table; overrides a registered task's)")
@@ -289,14 +293,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference-bug-frac", type=float, default=None,
                         help="sample this fraction for every fraction < 1, as the reference's KNN did (0.1)")
     parser.add_argument("--allow-missing", action="store_true", help="skip slides without a feature file")
-    parser.add_argument("--out", required=True, type=Path, help="folder for the per-fold result records and the summary")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the per-fold result records and the summary (needed with --features)")
 
 
 def run(args: argparse.Namespace) -> int:
     """``hipt knn``: per-fold records into ``--out``, then a mean ± std summary (CSV, Markdown, stdout)."""
     from hipt.tasks import load_task
-    from hipt.tasks.tables import table1
+    from hipt.tasks.tables import markdown_table, table1
 
+    if args.released_folds is not None:
+        from hipt.released.slide import knn_table_from_folds
+
+        table = knn_table_from_folds(args.released_folds, fractions=args.fractions)
+        print(markdown_table(table.drop(columns=["aucs"]), "{:+.3f}"))
+        return 0
+    missing = [flag for flag, value in (("--features", args.features), ("--task", args.task), ("--out", args.out))
+               if value is None]
+    if missing:
+        raise HIPTError(f"hipt knn needs {', '.join(missing)} (or --released-folds DIR for the reference's released folds)")
     task = load_task(args.task, splits_dir=args.splits, label_col=args.label_col)
     records = evaluate_knn(
         task, args.features, levels=args.levels, fractions=args.fractions, k=args.k, metric=args.metric,
@@ -359,6 +374,10 @@ def released_knn_aucs(
         if fraction < 1:
             rows = pd.DataFrame(range(x_tr.shape[0])).sample(frac=frac, random_state=1).index
             x_tr, y_tr = x_tr[rows], y_tr[rows]
+        unseen = sorted(set(np.unique(y_te)) - set(np.unique(y_tr)))
+        if unseen:
+            raise HIPTError(f"{stem}_test_{i}.pkl: labels {unseen} have no training slide in the sampled "
+                            f"{len(y_tr)} (fraction {fraction}); the KNN AUC is undefined")
         le = LabelEncoder().fit(y_tr)
         y_tr, y_te = le.transform(y_tr), le.transform(y_te)
         proba = KNeighborsClassifier().fit(x_tr, y_tr).predict_proba(x_te)

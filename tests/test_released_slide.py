@@ -28,12 +28,12 @@ from hipt.tasks.train import FinetuneConfig, _keys_for, method_name, run_cv
 
 # --------------------------------------------------------------------------------- KNN on the folds
 def _write_folds(folds_dir: Path, study: str, encoder: str, n_classes: int, n_folds: int = 3, d: int = 6,
-                 seed: int = 0) -> None:
+                 seed: int = 0, n_train: int = 90) -> None:
     rng = np.random.default_rng(seed)
     names = np.array(["LUAD", "LUSC", "XTRA"][:n_classes])
     (folds_dir / encoder).mkdir(parents=True, exist_ok=True)
     for i in range(n_folds):
-        for split, n in (("train", 90), ("test", 30)):
+        for split, n in (("train", n_train), ("test", 30)):
             y = names[rng.integers(0, n_classes, n)]
             x = rng.normal(size=(n, d)) + (y[:, None] == names[0]) * 0.8
             with open(folds_dir / encoder / f"{study}_{encoder}_class_split_{split}_{i}.pkl", "wb") as fh:
@@ -80,6 +80,12 @@ def test_released_knn_quarter_samples_a_tenth_unless_told(tmp_path):
     bug = released_knn_aucs(tmp_path, "tcga_brca", "vit16mean", 0.25, n_folds=3)
     fixed = released_knn_aucs(tmp_path, "tcga_brca", "vit16mean", 0.25, n_folds=3, sample_frac=0.25)
     assert bug != fixed
+
+
+def test_released_knn_quarter_without_a_class_says_so(tmp_path):
+    _write_folds(tmp_path, "tcga_kidney", "vit16mean", 3, n_folds=1, n_train=12)
+    with pytest.raises(HIPTError, match="have no training slide"):
+        released_knn_aucs(tmp_path, "tcga_kidney", "vit16mean", 0.25, n_folds=1)
 
 
 def test_released_knn_errors_name_the_file(tmp_path):
@@ -273,3 +279,14 @@ def test_run_table1_on_a_registered_task_in_the_released_layout(tmp_path, monkey
     assert summary["reference"].iloc[0] == "0.928 ± 0.026"
     test_auc = rec[(rec.split == "test") & (rec.metric == "auc")]["value"].iloc[0]
     assert test_auc > 0.9  # the label shifts every token by 1: an easy task once the files are read right
+
+
+def test_hipt_knn_reads_released_folds(tmp_path, capsys):
+    for enc in ("resnet50mean", "vit16mean", "vit256mean"):
+        for study, n in (("tcga_brca", 2), ("tcga_lung", 2), ("tcga_kidney", 3)):
+            _write_folds(tmp_path, study, enc, n, n_folds=10, d=4, n_train=300)
+    assert cli_main(["knn", "--released-folds", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n| ") == 18 and "0.889 ± 0.027" in out  # 3 encoders x 3 studies x 2 fractions; lung ViT-256 100%
+    assert cli_main(["knn", "--features", str(tmp_path)]) == 1
+    assert "--task, --out" in capsys.readouterr().err

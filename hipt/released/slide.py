@@ -46,6 +46,7 @@ __all__ = [
     "SURVIVAL_TASKS",
     "STUDY_OF_TASK",
     "knn_table",
+    "knn_table_from_folds",
     "vit4k_knn_row",
     "table1_config",
     "table1_runs",
@@ -126,7 +127,13 @@ def knn_table(root: str | Path | None = None, encoders: Sequence[str] = tuple(KN
     from hipt.released.fetch import require_files
 
     require_files(knn_files(studies, encoders), root, "--knn")
-    folds = knn_folds_dir(root)
+    return knn_table_from_folds(knn_folds_dir(root), encoders, studies, fractions)
+
+
+def knn_table_from_folds(folds: str | Path, encoders: Sequence[str] = tuple(KNN_ENCODERS),
+                         studies: Sequence[str] = KNN_STUDIES,
+                         fractions: Sequence[float] = (0.25, 1.0)) -> pd.DataFrame:
+    """:func:`knn_table` on a ``knn-subtyping`` folder given directly (``hipt knn --released-folds``)."""
     rows = []
     for enc in encoders:
         for study in studies:
