@@ -39,7 +39,7 @@ import torch
 from hipt.paths import cache_dir
 
 __all__ = ["Preset", "PRESETS", "get_preset", "cohort", "patches", "stage1_model", "stage2_model",
-           "cohort_features", "pretraining_features"]
+           "cohort_features", "pretraining_features", "training_plan"]
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,49 @@ def stage2_model(preset: str | Preset = "cpu", progress: bool = True, **override
 
     with _all_cores():
         return pretrained(2, get_preset(preset).pretrain_preset, progress=progress, **overrides).eval()
+
+
+def training_plan(stage: int, preset: str | Preset = "cpu", *, force: bool = False, **overrides) -> list:
+    """The DINO runs that ``stage1_model`` / ``stage2_model`` (or ``pretrained(stage, ...)``) with these
+    ``overrides`` would start now, each with its estimate (:class:`hipt.pretrain.trainer.RunEstimate`);
+    empty when the models are cached.  Nothing is trained or written.
+
+    Stage 2 on the book's phantom data trains on the stage-1 features of the preset's *full-schedule*
+    stage-1 model: when that model is not cached, its run comes first in the list (``max_steps`` in
+    ``overrides`` caps the stage-2 run only).  A partly trained run (a checkpoint without the final
+    export) counts its remaining steps.  Each estimate times a few steps of fresh models on synthetic
+    batches (:func:`hipt.pretrain.trainer.time_step`: seconds on a GPU, up to tens of seconds for the
+    ``paper`` models on a CPU).  Pass the list to :func:`hipt.pretrain.trainer.check_run_budget`.
+    """
+    from hipt.pretrain import make_config
+    from hipt.pretrain.export import TEACHER_NAME, model_dir
+    from hipt.pretrain.trainer import CHECKPOINT_NAME, _torch_load, estimate_run
+
+    p = get_preset(preset)
+    name = p.pretrain_preset
+
+    def pending(config, label: str, fresh: bool, n_items: int | None = None):
+        out = model_dir(config)
+        if (out / TEACHER_NAME).is_file() and not fresh:
+            return None
+        ckpt = out / CHECKPOINT_NAME
+        start = int(_torch_load(ckpt).get("step", 0)) if ckpt.is_file() and not fresh else 0
+        return estimate_run(config, n_items=n_items, start_step=start, label=label)
+
+    plan = []
+    config = make_config(stage, name, **overrides)
+    n_items = None
+    if stage == 2 and config.data == "phantom":
+        stage1 = pending(make_config(1, name), f"stage 1 ({name}, the full run whose features stage 2 trains on)",
+                         False)
+        if stage1 is not None:
+            plan.append(stage1)
+        _, n = p.stage2_cohort  # at most this many regions: the tissue regions of its slides
+        n_items = n * p.regions_per_slide
+    run = pending(config, f"stage {stage} ({name})", force, n_items)
+    if run is not None:
+        plan.append(run)
+    return plan
 
 
 # ------------------------------------------------------------------------------------------ features

@@ -11,6 +11,11 @@ Runs on one CPU or GPU without any process group, or on several GPUs / nodes wit
 atomically every ``checkpoint_every`` steps; rerunning the same command resumes exactly (the loss
 sequence after a resume equals an uninterrupted run's).
 
+Before the first step, the CLI (and :func:`train` with ``progress`` on) times a few steps of fresh
+models and prints ``about N steps, ~X min on <device>`` (:func:`estimate_run`); ``--max-minutes``
+refuses a longer run before it starts, and ``--max-steps`` stops a run after that many steps of its
+full schedule (a capped run is the start of the full one).
+
 Tuning advice (DINO's, and ours on the phantom data)
 ----------------------------------------------------
 - **Loss stuck at ln(out_dim)** (printed at start): the output collapsed to uniform.  Lower the teacher
@@ -417,6 +422,252 @@ def _torch_load(path: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------
+# how long a run takes: an estimate before it starts, and a guard against silent multi-hour runs
+# ------------------------------------------------------------------------------------------------
+
+
+class LongRunError(HIPTError):
+    """A DINO run estimated longer than the time allowed (:func:`check_run_budget`)."""
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """How long a DINO run would take, estimated before it starts (:func:`estimate_run`).
+
+    ``steps``: the optimizer steps this run would take (from step 0, or the step it resumes from, to
+    ``max_steps`` or the end of the schedule); ``total_steps``: the full schedule;
+    ``seconds_per_step``: timed on this machine (:func:`time_step`); ``device``: where, in words;
+    ``how``: how the step time was obtained; ``warning``: why the run cannot start as configured on
+    this device, if it cannot (e.g. ``fp16`` on a CPU; it was then timed in fp32).  The estimate
+    covers the training steps (with the augmentation, when it runs in the training process); not the
+    drawing of phantom data, nor checkpoint writes.
+    """
+
+    label: str
+    steps: int
+    total_steps: int
+    seconds_per_step: float
+    device: str
+    how: str = ""
+    warning: str = ""
+
+    @property
+    def minutes(self) -> float:
+        return self.steps * self.seconds_per_step / 60.0
+
+    def steps_within(self, minutes: float) -> int:
+        """How many steps of this run fit in ``minutes``."""
+        return max(0, int(minutes * 60.0 // max(self.seconds_per_step, 1e-9)))
+
+    def short(self) -> str:
+        """``<label>: about N steps, ~X min on <device>`` (and the warning, if any)."""
+        capped = f" of the {self.total_steps:,} of the full schedule" if self.steps < self.total_steps else ""
+        warning = f" [{self.warning}]" if self.warning else ""
+        return (f"{self.label}: about {self.steps:,} steps{capped}, ~{format_minutes(self.minutes)} on "
+                f"{self.device}{warning}")
+
+    def __str__(self) -> str:
+        return self.short() + (f" ({self.how})" if self.how else "")
+
+
+def format_minutes(minutes: float) -> str:
+    """``0.5 → '30 s'``, ``12.3 → '12 min'``, ``1980 → '1,980 min (33 h)'``."""
+    if minutes < 1:
+        return f"{minutes * 60:.0f} s"
+    text = f"{minutes:.1f} min" if minutes < 10 else f"{minutes:,.0f} min"
+    return text + (f" ({minutes / 60:,.0f} h)" if minutes >= 120 else "")
+
+
+def describe_device(device: str) -> str:
+    """``cuda:0 (NVIDIA H100 80GB HBM3)`` or ``cpu (2 threads)``."""
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    n = torch.get_num_threads()
+    return f"{device} ({n} thread{'s' if n > 1 else ''})"
+
+
+def run_steps(config: PretrainConfig, n_items: int | None = None, world: int = 1) -> int:
+    """The full schedule's steps: ``epochs × steps_per_epoch`` (one pass over ``n_items`` per epoch
+    when ``steps_per_epoch`` is None; ``n_items`` defaults to ``n_phantom`` for stage-1 phantom data)."""
+    spe = config.steps_per_epoch
+    if spe is None:
+        if n_items is None and config.stage == 1 and config.data == "phantom":
+            n_items = config.n_phantom
+        if n_items is None:
+            raise HIPTError("run_steps: the number of items is needed when steps_per_epoch is not set")
+        spe = max(1, n_items // (config.batch_size_per_gpu * world))
+    return config.epochs * spe
+
+
+def _probe_items(config: PretrainConfig, n: int, dataset=None) -> list:
+    """``n`` training items (crop lists): from ``dataset`` when given, else synthetic ones of the
+    run's shapes (random patches of ``patch_size`` px through the stage-1 multi-crop; random feature
+    grids for stage 2, of the side whose crops keep the paper's 14/16 ratio)."""
+    if dataset is not None and len(dataset) > 0:
+        return [dataset[(i % len(dataset), i)] for i in range(n)]
+    transform = build_transform(config)
+    rng = np.random.default_rng(0)
+    if config.stage == 1:
+        images = rng.integers(0, 256, (n, config.patch_size, config.patch_size, 3), dtype=np.uint8)
+        return [transform(images[i], seed=i) for i in range(n)]
+    side = max(config.global_crop_size, round(config.global_crop_size * 16 / 14))
+    grids = torch.from_numpy(rng.standard_normal((n, config.input_embed_dim, side, side), dtype=np.float32))
+    return [transform(grids[i], seed=i) for i in range(n)]
+
+
+def _sync(device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))
+    return time.perf_counter()
+
+
+def time_step(config: PretrainConfig, device: str = "cpu", dataset=None, *, probe_batch: int | None = None,
+              repeats: int = 2, slow_step_s: float = 3.0) -> tuple[float, str, str]:
+    """Seconds per training step of ``config`` on ``device``, timed on a few batches; how; and a
+    warning when the run cannot start as configured here (its precision needs a GPU).
+
+    Fresh copies of the run's student and teacher take ``1 + repeats`` full steps (forward, loss,
+    backward, clipping, AdamW, EMA, in the run's precision) on items of ``dataset`` or synthetic ones
+    (:func:`_probe_items`); the first step is a warm-up, unless it alone took more than ``slow_step_s``
+    (then it is the measurement).  On a GPU the batch is the run's; on a CPU a batch of at most 4, the
+    per-sample part (augmentation on the batch, forward, backward) scaled to the run's batch and the
+    fixed part (optimizer, EMA) added once.  The augmentation's per-patch half is timed when it runs
+    in the training process (``num_workers = 0``).  The global RNG states are restored and nothing is
+    written: the run that follows draws the same numbers as without the probe.
+    """
+    batch = config.batch_size_per_gpu
+    cuda = device.startswith("cuda")
+    b = min(batch, probe_batch or (batch if cuda else 4))
+    warning = ""
+    try:
+        precision = resolve_precision(config.precision, device)
+    except HIPTError:  # fp16 on a CPU: the run itself will refuse; time it in fp32 to say how long anyway
+        precision = "fp32"
+        warning = f"precision {config.precision} needs a CUDA GPU; timed in fp32"
+    state = (np.random.get_state(), random.getstate())
+    with torch.random.fork_rng(devices=[torch.device(device).index or 0] if cuda else []):
+        t0 = time.perf_counter()
+        crops = collate_crops(_probe_items(config, b, dataset))
+        t_items = time.perf_counter() - t0
+        backbone = build_backbone(config)
+        student = MultiCropWrapper(backbone, build_head(config, backbone.embed_dim)).to(device)
+        teacher = MultiCropWrapper(build_backbone(config, drop_path_rate=0.0),
+                                   build_head(config, backbone.embed_dim)).to(device)
+        teacher.load_state_dict(student.state_dict())
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        dino_loss = DINOLoss(config.out_dim, config.ncrops, config.warmup_teacher_temp, config.teacher_temp,
+                             config.warmup_teacher_temp_epochs, config.epochs, config.student_temp,
+                             config.center_momentum).to(device)
+        optimizer = torch.optim.AdamW(param_groups(student), lr=1e-6)
+        scaler = grad_scaler(device, precision)
+        transform = build_transform(config)
+        deferred = transform if getattr(transform, "defer_photometric", False) else None
+        student.train()
+        teacher.train()
+        per_sample, fixed = [], []
+        for i in range(1 + repeats):
+            t0 = _sync(device)
+            x = [c.to(device, non_blocking=True) for c in crops]
+            if deferred is not None:
+                x = deferred.photometric(x[:-1], x[-1])
+            with autocast(device, precision):
+                with torch.no_grad():
+                    teacher_out = teacher(x[:2])
+                loss = dino_loss(student(x), teacher_out, 0)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            t1 = _sync(device)
+            scaler.unscale_(optimizer)
+            clip_gradients(student, config.clip_grad, config.clip_mode)
+            scaler.step(optimizer)
+            scaler.update()
+            ema_update(teacher, student, 0.996)
+            t2 = _sync(device)
+            if i > 0 or t2 - t0 > slow_step_s:
+                per_sample.append(t1 - t0)
+                fixed.append(t2 - t1)
+            if t2 - t0 > slow_step_s:
+                break
+        del student, teacher, optimizer, dino_loss, crops, x, teacher_out, loss
+        if cuda:
+            torch.cuda.empty_cache()
+    np.random.set_state(state[0])
+    random.setstate(state[1])
+    seconds = float(np.median(per_sample)) * batch / b + float(np.median(fixed))
+    if config.num_workers == 0:
+        seconds += t_items * batch / b
+        data = "with the augmentation"
+    else:
+        data = f"the per-patch augmentation left to {config.num_workers} workers"
+    how = (f"timed {len(per_sample)} step(s) of batch {b}" + (f", scaled to {batch}" if b < batch else "")
+           + f", {precision}, {data}")
+    return seconds, how, warning
+
+
+def estimate_run(config: PretrainConfig, dataset=None, *, n_items: int | None = None, start_step: int = 0,
+                 world: int = 1, device: str | None = None, seconds_per_step: float | None = None,
+                 label: str | None = None) -> RunEstimate:
+    """How long :func:`train` would take on this machine for ``config``, before anything is trained.
+
+    The steps follow the schedule (``max_steps`` caps them; ``start_step`` is where a resumed run
+    starts); the time per step is ``seconds_per_step`` if given, else :func:`time_step` (a few steps
+    of fresh models on ``dataset``'s items or synthetic ones: seconds, nothing written).  ``n_items``:
+    the dataset's length when ``dataset`` is not given and ``steps_per_epoch`` is not set.
+    """
+    if device is None:
+        device = _resolve_device(config.device)
+    phantom1 = config.stage == 1 and config.data == "phantom"
+    if dataset is None and n_items is None and config.steps_per_epoch is None and not phantom1:
+        dataset = build_dataset(config)  # its length sets the epoch (a folder is indexed, not read)
+    if dataset is not None and n_items is None:
+        n_items = len(dataset)
+    total = run_steps(config, n_items, world)
+    steps = max(0, _stop_step(config, total) - start_step)
+    how, warning = "step time given", ""
+    if seconds_per_step is None:
+        seconds_per_step, how, warning = time_step(config, device, dataset)
+    return RunEstimate(label or f"DINO stage {config.stage} ({config.preset})", steps, total, float(seconds_per_step),
+                       describe_device(device), how, warning)
+
+
+def check_run_budget(estimates, max_minutes: float | None, allow_long_run: bool = False, *,
+                     quiet: bool = False, cap_name: str = "max_steps",
+                     allow_name: str = "set allow_long_run = True") -> None:
+    """Print each estimate; raise :class:`LongRunError` when together they exceed ``max_minutes``.
+
+    ``max_minutes`` None or ``allow_long_run`` True: no limit.  ``max_steps`` caps the last run of
+    the list (the one asked for; the others are runs it depends on), and the message says how many of
+    its steps fit, or that the runs before it alone are over the limit.  ``cap_name`` and
+    ``allow_name``: how the message names the two ways on (the chapters' parameters by default).
+    """
+    estimates = [e for e in estimates if e.steps > 0]
+    if not quiet:
+        for e in estimates:
+            print(e, flush=True)
+    total = sum(e.minutes for e in estimates)
+    if not estimates or max_minutes is None or allow_long_run or total <= max_minutes:
+        return
+    last, before = estimates[-1], estimates[:-1]
+    left = max_minutes - sum(e.minutes for e in before)
+    what = "; ".join(e.short() for e in estimates)
+    if left > 0 and last.steps_within(left) > 0:
+        cap = (f"cap it with {cap_name} (about {last.steps_within(left):,} steps of {last.label} fit in "
+               f"{max_minutes:g} min; the schedules stay those of the full run, so a capped run is its start)")
+    elif not before:
+        cap = f"not even one step of {last.label} fits in {max_minutes:g} min: raise max_minutes"
+    else:
+        one = len(before) == 1
+        cap = (f"{cap_name} caps {last.label} only, and {'; '.join(e.label for e in before)} alone "
+               f"{'exceeds' if one else 'exceed'} {max_minutes:g} min: train {'it' if one else 'them'} first where "
+               "that time is available (a GPU job), or raise max_minutes")
+    raise LongRunError(
+        f"refusing to start DINO pretraining estimated at ~{format_minutes(total)}, more than max_minutes = "
+        f"{max_minutes:g}: {what}. Two ways on: {cap}; or {allow_name} to train it all."
+    )
+
+
+# ------------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------------
 
@@ -434,23 +685,32 @@ class TrainResult:
     config: PretrainConfig | None = None
 
 
-def train(config: PretrainConfig, dataset=None) -> TrainResult:
+def train(config: PretrainConfig, dataset=None, *, max_minutes: float | None = None) -> TrainResult:
     """Run (or resume) DINO pretraining for ``config.stage``; returns the trained teacher.
 
     ``dataset``: optional map-style dataset whose ``__getitem__((index, seed))`` returns the list of
     crops (e.g. ``FeatureGrids.from_array(feats, GridMultiCrop(...))``); by default built from
     ``config.data``.  Under ``torchrun`` each process runs this function; only rank 0 writes files.
+
+    Before the first step, when ``config.progress`` is on or ``max_minutes`` is given, the run is
+    estimated (:func:`time_step`: a few steps of fresh models, the RNG restored) and rank 0 prints
+    ``about N steps, ~X min on <device>``; with ``max_minutes``, a longer run raises
+    :class:`LongRunError` before training.  ``config.max_steps`` stops the run after that many steps
+    of the full schedule (the learning-rate, weight-decay, momentum and temperature schedules are the
+    full run's, not compressed: a capped run is the start of the full one, and a later run with a
+    larger ``max_steps`` and the same ``out_dir`` resumes it).
     """
     device = _resolve_device(config.device)
     rank, world, created_pg = _dist_setup(device)
     try:
-        return _train(config, dataset, device, rank, world)
+        return _train(config, dataset, device, rank, world, max_minutes)
     finally:
         if created_pg and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int) -> TrainResult:
+def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int,
+           max_minutes: float | None = None) -> TrainResult:
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     out_dir = Path(config.out_dir)
     ckpt_path = out_dir / CHECKPOINT_NAME
@@ -470,6 +730,11 @@ def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int) 
         dataset.transform = build_transform(config)
     steps_per_epoch = done_spe if finished else (config.steps_per_epoch or max(1, len(dataset) // global_batch))
     total_steps = config.epochs * steps_per_epoch
+    if not finished and (config.progress or max_minutes is not None):  # the same on every rank
+        estimate = _estimate_in_run(config, dataset, device, rank, world, total_steps,
+                                    int(ckpt["step"]) if ckpt is not None else 0)
+        check_run_budget([estimate], max_minutes, quiet=rank != 0, cap_name="max_steps (hipt pretrain --max-steps)",
+                         allow_name="give no max_minutes (hipt pretrain: no --max-minutes)")
 
     # -- models: student (with drop path) and teacher (without), same initial weights
     backbone = build_backbone(config)
@@ -608,6 +873,20 @@ def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int) 
                        schedules, config)
 
 
+def _estimate_in_run(config: PretrainConfig, dataset, device: str, rank: int, world: int, total_steps: int,
+                     start_step: int) -> RunEstimate:
+    """The run's estimate, timed on rank 0 and shared with the other ranks (they all decide alike)."""
+    seconds, how, warning = time_step(config, device, dataset) if rank == 0 else (0.0, "", "")
+    if world > 1:
+        box = [(seconds, how, warning)]
+        dist.broadcast_object_list(box, src=0)
+        seconds, how, warning = box[0]
+        how += f"; each of {world} processes"
+    steps = max(0, _stop_step(config, total_steps) - start_step)
+    return RunEstimate(f"DINO stage {config.stage} ({config.preset})", steps, total_steps, seconds,
+                       describe_device(device), how, warning)
+
+
 def _stop_step(config: PretrainConfig, total_steps: int) -> int:
     return total_steps if config.max_steps is None else min(total_steps, config.max_steps)
 
@@ -710,7 +989,8 @@ _HELP = {
     "momentum_teacher": "teacher EMA momentum, cosine to 1 (0.996 for long runs, 0.99 for short)",
     "epochs": "epochs of steps_per_epoch steps each",
     "steps_per_epoch": "steps per epoch (default: one pass over the data)",
-    "max_steps": "stop after this step (the schedules still span all epochs): for interrupted runs",
+    "max_steps": "stop after this many steps of the full schedule (the schedules still span all epochs, so a capped "
+                 "run is the start of the full one; rerun with a larger cap or none to go on)",
     "clip_mode": "param: clip each parameter's gradient (DINO); global: clip the total norm",
     "precision": "auto (bf16 on a GPU that has it, fp16 on older GPUs such as the T4, fp32 on a CPU) | bf16 "
                  "(autocast, CPU or GPU) | fp16 (CUDA only, with a gradient scaler) | fp32",
@@ -731,6 +1011,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--stage", type=int, choices=(1, 2), default=1, help=_HELP["stage"])
     parser.add_argument("--preset", default="cpu-tiny", choices=sorted(PRESETS) + ["cpu"], help=_HELP["preset"])
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="refuse to start a run whose estimate (printed before the first step) is longer than this; "
+                             "default: no limit")
     for f in fields(PretrainConfig):
         if f.name in ("stage", "preset"):
             continue
@@ -756,7 +1039,7 @@ def _field_type(f: dataclasses.Field):
 def run(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name, None) for f in fields(PretrainConfig) if f.name not in ("stage", "preset")}
     config = make_config(args.stage, args.preset, **overrides)
-    result = train(config)
+    result = train(config, max_minutes=getattr(args, "max_minutes", None))
     if int(os.environ.get("RANK", "0")) == 0:
         last = result.log[-1] if result.log else {}
         print(f"stage {config.stage}: {len(result.log)} log rows, last loss {last.get('loss', float('nan')):.4f}; "
