@@ -24,13 +24,7 @@ from hipt.models.mil import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _bag(m: int, n: int, d: int, d4k: int = 192, seed: int = 0) -> dict[str, torch.Tensor]:

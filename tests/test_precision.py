@@ -25,13 +25,7 @@ GPUS = {"t4": ((7, 5), "Tesla T4"), "v100": ((7, 0), "Tesla V100-SXM2-16GB"),
         "a100": ((8, 0), "NVIDIA A100-SXM4-40GB"), "h100": ((9, 0), "NVIDIA H100 80GB HBM3")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()

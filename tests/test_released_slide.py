@@ -25,6 +25,8 @@ from hipt.released import slide as rs
 from hipt.tasks.splits import make_splits
 from hipt.tasks.train import FinetuneConfig, _keys_for, method_name, run_cv
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 # --------------------------------------------------------------------------------- KNN on the folds
 def _write_folds(folds_dir: Path, study: str, encoder: str, n_classes: int, n_folds: int = 3, d: int = 6,
@@ -200,7 +202,6 @@ def _released_cohort(root: Path, n: int = 24) -> Path:
 
 @pytest.mark.parametrize("method", ["hipt_gp", "mil"])
 def test_region_token_methods_train_on_released_pt_files(tmp_path, method):
-    torch.set_num_threads(1)
     root = _released_cohort(tmp_path)
     config = rs.table1_config(tmp_path, tmp_path / "out", method, task=str(root / "table.csv"),
                               splits_dir=str(root / "splits"), max_epochs=3, device="cpu", verbose=False)
@@ -264,7 +265,6 @@ def test_run_table1_on_a_registered_task_in_the_released_layout(tmp_path, monkey
 
     if shared_reference_dir() is None or not (shared_reference_dir() / "tcga").is_dir():
         pytest.skip("the TCGA task tables are in ../shared/reference/tcga (absent here; without them they are downloaded)")
-    torch.set_num_threads(1)
     task = load_task("tcga_lung_subtype")
     folder = registry.slide_embeddings_dir(tmp_path)
     folder.mkdir(parents=True)
