@@ -59,7 +59,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from hipt.errors import HIPTError, InputFileError
+from hipt.errors import HIPTError
 from hipt.io import atomic_path, atomic_write_text
 from hipt.precision import autocast, describe, grad_scaler, resolve_precision
 from hipt.pretrain.augment import GridMultiCrop, PatchMultiCrop

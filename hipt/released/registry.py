@@ -154,15 +154,19 @@ def slide_files(slide_ids: Iterable[str], missing: str = "error") -> list[Releas
     return _entries(p for p in paths if p in df.index)
 
 
+def _check_known(names: Iterable[str], known: Iterable[str], what: str) -> None:
+    """Raise naming the first of ``names`` that is not one of ``known``."""
+    known = list(known)
+    for name in names:
+        if name not in known:
+            raise HIPTError(f"{name}: unknown {what} (one of {', '.join(known)})")
+
+
 def knn_files(studies: Sequence[str] = KNN_STUDIES, encoders: Sequence[str] = tuple(KNN_ENCODERS),
               folds: Sequence[int] = range(10)) -> list[ReleasedFile]:
     """The pickled KNN folds (train and test of each fold) of these studies and encoders."""
-    for s in studies:
-        if s not in KNN_STUDIES:
-            raise HIPTError(f"{s}: unknown KNN study (one of {', '.join(KNN_STUDIES)})")
-    for e in encoders:
-        if e not in KNN_ENCODERS:
-            raise HIPTError(f"{e}: unknown KNN encoder (one of {', '.join(KNN_ENCODERS)})")
+    _check_known(studies, KNN_STUDIES, "KNN study")
+    _check_known(encoders, KNN_ENCODERS, "KNN encoder")
     return _entries(f"{_KNN}/{e}/{s}_{e}_class_split_{split}_{k}.pkl"
                     for s in studies for e in encoders for k in folds for split in ("train", "test"))
 
@@ -174,12 +178,8 @@ def patch_files(datasets: Sequence[str] = PATCH_DATASETS, encoders: Sequence[str
     All 24 combinations were released; ``missing="error"`` raises naming any pair absent from the
     manifest, ``"drop"`` leaves it out.
     """
-    for d in datasets:
-        if d not in PATCH_DATASETS:
-            raise HIPTError(f"{d}: unknown patch dataset (one of {', '.join(PATCH_DATASETS)})")
-    for e in encoders:
-        if e not in PATCH_ENCODERS:
-            raise HIPTError(f"{e}: unknown patch encoder (one of {', '.join(PATCH_ENCODERS)})")
+    _check_known(datasets, PATCH_DATASETS, "patch dataset")
+    _check_known(encoders, PATCH_ENCODERS, "patch encoder")
     df = manifest()
     paths = [f"{PATCH_DIR}/{d}_{split}_{e}.pkl" for d in datasets for e in encoders for split in ("train", "val")]
     absent = [p for p in paths if p not in df.index]

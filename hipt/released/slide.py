@@ -35,7 +35,7 @@ from hipt.released.registry import (
     slide_embeddings_dir,
     slide_files,
 )
-from hipt.tasks.tcga import load_task
+from hipt.tasks.tcga import TaskData, load_task
 from hipt.tasks.train import FinetuneConfig, run_cv
 
 __all__ = [
@@ -107,11 +107,12 @@ def _ref(mean_std: tuple[float, float] | None) -> str:
     return "" if mean_std is None else f"{mean_std[0]:.3f} ± {mean_std[1]:.3f}"
 
 
-def task_slide_files(tasks: Sequence[str] = SUBTYPE_TASKS + SURVIVAL_TASKS):
-    """The released ``[M, 192]`` files of every slide in these tasks' tables (registry entries, deduplicated)."""
+def task_slide_files(tasks: Sequence[str | TaskData] = SUBTYPE_TASKS + SURVIVAL_TASKS):
+    """The released ``[M, 192]`` files of every slide in these tasks' tables (registry entries, deduplicated);
+    ``tasks`` are registered names or tasks already loaded."""
     ids: list[str] = []
     for t in tasks:
-        ids += list(load_task(t).table["slide_id"])
+        ids += list((t if isinstance(t, TaskData) else load_task(t)).table["slide_id"])
     return slide_files(ids)
 
 
@@ -156,9 +157,10 @@ def vit4k_knn_row(root: str | Path | None = None, tasks: Sequence[str] = SUBTYPE
     """
     from hipt.released.fetch import require_files
 
-    require_files(task_slide_files(tasks), root, "--slides")
-    frames = [evaluate_knn(load_task(t), slide_embeddings_dir(root), levels=("vit4k",), fractions=fractions,
-                           reference_bug_frac=0.1 if reference_frac else None) for t in tasks]
+    loaded = [load_task(t) for t in tasks]
+    require_files(task_slide_files(loaded), root, "--slides")
+    frames = [evaluate_knn(task, slide_embeddings_dir(root), levels=("vit4k",), fractions=fractions,
+                           reference_bug_frac=0.1 if reference_frac else None) for task in loaded]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -243,10 +245,10 @@ def run_table1(root: str | Path | None, out: str | Path, tasks: Sequence[str] = 
     """
     from hipt.released.fetch import require_files
 
-    require_files(task_slide_files(tasks), root, "--slides")
+    loaded = {t: load_task(t) for t in tasks}
+    require_files(task_slide_files(list(loaded.values())), root, "--slides")
     records = []
-    for t in tasks:
-        task = load_task(t)
+    for t, task in loaded.items():
         for m in methods:
             config = table1_config(root, out, m, task=t, **overrides)
             records.append(run_cv(config, task=task))
@@ -275,11 +277,12 @@ def run_survival(root: str | Path | None, out: str | Path, tasks: Sequence[str] 
     """
     from hipt.released.fetch import require_files
 
-    require_files(task_slide_files(tasks), root, "--slides")
+    loaded = {t: load_task(t) for t in tasks}
+    require_files(task_slide_files(list(loaded.values())), root, "--slides")
     rows = []
-    for t in tasks:
+    for t, task in loaded.items():
         config = table1_config(root, out, method, task=t, fractions=[1.0], **overrides)
-        rec = run_cv(config, task=load_task(t))
+        rec = run_cv(config, task=task)
         c = rec[(rec["split"] == "val") & (rec["metric"] == "c_index")]["value"].to_numpy()
         rows.append({"task": t, "method": method, "c_index": list(c), "ours": format_mean_std(c),
                      "paper_hipt": _ref(PAPER_SURVIVAL.get(t))})
