@@ -696,6 +696,26 @@ class TransMIL(MILModel):
 
 
 # ------------------------------------------------------------------------------------------- factory
+class StandardizedInput(MILModel):
+    """A slide model whose bag arrays are z-scored first, with fixed training statistics.
+
+    ``norms`` maps a bag key (``feats256`` ``[M, n, D]`` or ``feats4k`` ``[M, D]``) to a
+    :class:`hipt.models.slide.FeatureStandardizer` fitted on the training slides: the same input
+    normalization that frozen HIPT applies to its region tokens, so that every method of a comparison
+    sees its features on the same footing (``hipt finetune`` without ``--no-standardize``).
+    """
+
+    def __init__(self, model: MILModel, norms: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.model = model
+        self.norms = nn.ModuleDict(norms)
+        self.method = getattr(model, "method", "")
+
+    def forward(self, bag: Bag, label: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        bag = {k: (self.norms[k](v.float()) if k in self.norms else v) for k, v in bag.items()}
+        return self.model(bag, label=label)
+
+
 METHODS: dict[str, type[MILModel]] = {
     "hipt": HIPTMIL,
     "hipt_n": HIPTNone,

@@ -91,6 +91,26 @@ class FeatureStandardizer(nn.Module):
         out.std.copy_(std.clamp_min(1e-3 * float(std.max()) + 1e-12).float())
         return out
 
+    @classmethod
+    def fit_batches(cls, batches) -> FeatureStandardizer:
+        """Statistics of the rows of every ``[..., D]`` tensor in ``batches``, streamed (float64 sums), so
+        that the patch tokens of a whole training split (``[M, n, D]`` per slide) need not fit in memory."""
+        n, s, ss = 0, None, None
+        for x in batches:
+            x = torch.as_tensor(x).detach()
+            x = x.reshape(-1, x.shape[-1]).double()
+            s = x.sum(0) if s is None else s + x.sum(0)
+            ss = (x * x).sum(0) if ss is None else ss + (x * x).sum(0)
+            n += len(x)
+        if n < 2:
+            raise ValueError(f"FeatureStandardizer.fit_batches needs at least 2 feature vectors, got {n}")
+        mean = s / n
+        std = ((ss - n * mean * mean).clamp_min(0) / (n - 1)).sqrt()
+        out = cls(len(mean))
+        out.mean.copy_(mean.float())
+        out.std.copy_(std.clamp_min(1e-3 * float(std.max()) + 1e-12).float())
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 

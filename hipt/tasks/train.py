@@ -83,9 +83,10 @@ class FinetuneConfig:
 
     Model: ``method`` (see ``hipt.models.mil.METHODS``), ``dropout``, ``hipt_local``
     (``"frozen"``/``"finetune"``/``"scratch"``) and ``vit4k_weights`` for HIPT's ViT-4096;
-    ``standardize=True``: frozen HIPT z-scores its region tokens with the statistics of the fold's
-    training regions (:meth:`hipt.models.HIPTSlide.standardize_regions`; a departure from the reference,
-    which feeds them raw: ``False`` reproduces it).  ``tokens``: what the MIL baselines read, ``"patch"``
+    ``standardize=True``: every method z-scores what it reads (frozen HIPT its region tokens, the
+    baselines their patch tokens) with the statistics of the fold's training slides
+    (:func:`standardize_inputs`; a departure from the reference, which feeds them raw: ``False``
+    reproduces it).  ``tokens``: what the MIL baselines read, ``"patch"``
     (``feats256``, default) or ``"region"`` (``feats4k`` ``[M, 192]``: the only level of the reference's
     released embeddings; ``hipt_gp`` always reads region tokens).
 
@@ -402,6 +403,29 @@ def _build(config: FinetuneConfig, in_dim: int, n_outputs: int, survival: bool, 
     return build_model(config.method, in_dim, n_outputs, dropout=config.dropout, **kwargs)
 
 
+def standardize_inputs(model: torch.nn.Module, config: FinetuneConfig, train: BagDataset) -> torch.nn.Module:
+    """One input normalization for every method: z-score what the model reads with the statistics of
+    the fold's training slides only (val/test never leak into them).
+
+    Frozen HIPT z-scores its region tokens inside its head (:meth:`hipt.models.HIPTSlide.standardize_regions`,
+    ``region_norm.*`` in its state dict); the other methods get their patch tokens (or region tokens,
+    ``tokens="region"``) z-scored by :class:`hipt.models.mil.StandardizedInput`.  HIPT whose ViT-4K is
+    fine-tuned or trained from scratch is left alone: its input is the patch-token grid that the ViT-4K
+    was pretrained on.
+    """
+    from hipt.models.mil import StandardizedInput
+    from hipt.models.slide import FeatureStandardizer
+
+    if config.method == "hipt":
+        if config.hipt_local == "frozen":
+            model.slide.standardize_regions(torch.cat([train.load(i)["feats4k"].float().reshape(
+                -1, train.load(i)["feats4k"].shape[-1]) for i in range(len(train))]))
+        return model
+    key = "feats4k" if "feats4k" in train.keys else "feats256"
+    norm = FeatureStandardizer.fit_batches(train.load(i)[key] for i in range(len(train)))
+    return StandardizedInput(model, {key: norm})
+
+
 def train_fold(
     config: FinetuneConfig,
     fold: int,
@@ -448,10 +472,8 @@ def train_fold(
 
     seed_everything(config.seed)
     model = _build(config, in_dim, n_outputs, survival, local_vit)
-    if config.standardize and config.method == "hipt" and config.hipt_local == "frozen":
-        # region tokens of the training regions only (val/test never leak into the statistics)
-        model.slide.standardize_regions(torch.cat([train.load(i)["feats4k"].float().reshape(-1, in_dim)
-                                                   for i in range(len(train))]))
+    if config.standardize:
+        model = standardize_inputs(model, config, train)
     model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -585,34 +607,39 @@ def phantom_task(
     preset: str = "cpu",
     n_slides: int | None = None,
     n_folds: int = 5,
-    seed: int = 0,
+    split_seed: int = 0,
     val_frac: float = 0.15,
     test_frac: float = 0.25,
     progress: bool = False,
     stain_jitter: float | None = None,
+    cohort_seed: int = 0,
 ) -> dict[str, str]:
     """A phantom cohort as a fine-tuning task: its features (from :func:`hipt.zoo.cohort_features`),
     its table and generated split files, as :class:`FinetuneConfig` fields.
 
     ``composition2``/``composition3``/``context``: Monte-Carlo subtyping folds (train/val/test; the
     small CPU cohorts get larger val/test fractions than TCGA's 10 %/10 % so that a test set holds more
-    than a handful of slides).  ``survival``: ``n_folds``-fold cross-validation over cases.  Split
-    files are written once beside the features (``splits_<kind>_k<n>_seed<s>/``).  ``stain_jitter``: the
-    cohort's per-slide stain jitter (None: the kind's, :data:`hipt.phantom.COHORT_STAIN_JITTER`).
+    than a handful of slides).  ``survival``: ``n_folds``-fold cross-validation over cases.
+
+    Two seeds, so that a result can be checked on other draws: ``cohort_seed`` draws the slides (a new
+    seed generates, patches and extracts a new cohort, ~45 s for the 64-slide context cohort on 2 CPU
+    cores) and ``split_seed`` draws the folds (split files are written once beside the features,
+    ``splits_<kind>_k<n>_..._seed<s>/``).  ``stain_jitter``: the cohort's per-slide stain jitter (None: the
+    kind's, :data:`hipt.phantom.COHORT_STAIN_JITTER`).
 
     Returns ``{"features_dir", "task", "splits_dir", "kind", "task_name"}``.
     """
     from hipt import zoo
     from hipt.tasks.splits import make_splits
 
-    feats = Path(zoo.cohort_features(kind, preset=preset, n_slides=n_slides, progress=progress,
+    feats = Path(zoo.cohort_features(kind, preset=preset, seed=cohort_seed, n_slides=n_slides, progress=progress,
                                      stain_jitter=stain_jitter))
     table = feats / "table.csv"
     split_kind = "survival" if kind == "survival" else "subtype"
-    tag = f"splits_{split_kind}_k{n_folds}_v{val_frac:g}_t{test_frac:g}_seed{seed}"
+    tag = f"splits_{split_kind}_k{n_folds}_v{val_frac:g}_t{test_frac:g}_seed{split_seed}"
     splits = feats / tag
     if not (splits / f"splits_{n_folds - 1}.csv").is_file():
-        make_splits(pd.read_csv(table), n_folds, split_kind, seed=seed, out_dir=splits,
+        make_splits(pd.read_csv(table), n_folds, split_kind, seed=split_seed, out_dir=splits,
                     val_frac=val_frac, test_frac=test_frac)
     return {"features_dir": str(feats), "task": str(table), "splits_dir": str(splits), "kind": split_kind,
             "task_name": f"phantom_{kind}"}
@@ -645,9 +672,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hipt-local", default=d.hipt_local, choices=["frozen", "finetune", "scratch"],
                         help="HIPT's ViT-4096: frozen pretrained, fine-tuned, or trained from scratch")
     parser.add_argument("--no-standardize", action="store_true",
-                        help="feed frozen HIPT's region tokens raw, as the reference (default: z-scored with the "
-                             "training regions' statistics; raw tokens of a small or briefly trained ViT-4096 "
-                             "can be nearly identical across slides, and the slide head then learns nothing)")
+                        help="feed every method its features raw, as the reference (default: z-scored with the "
+                             "training slides' statistics, the same for every method; raw region tokens of a "
+                             "small or briefly trained ViT-4096 differ too little for HIPT's head to learn from)")
     parser.add_argument("--tokens", default=d.tokens, choices=["patch", "region"],
                         help="what the MIL baselines read: patch tokens feats256, or region tokens feats4k [M, 192] "
                              "(the only level of the reference's released embeddings; hipt_gp always reads these)")
