@@ -58,7 +58,7 @@ from hipt.io import atomic_path, atomic_write_text
 
 __all__ = [
     "TISSUES", "BACKGROUND", "TUMOUR", "STROMA", "LYMPHOCYTES", "ADIPOSE", "CELL", "MPP", "STAIN_JITTER",
-    "COHORT_STAIN_JITTER",
+    "COHORT_STAIN_JITTER", "COHORT_JPEG_SUBSAMPLING", "COHORT_VERSION",
     "COHORT_KINDS", "render_patch", "phantom_patches", "TextureBank", "texture_bank",
     "PhantomTruth", "PhantomSlide", "make_slide", "load_truth", "truth_path", "random_layout",
     "context_region", "context_counts", "composition_region", "touches", "tile_regions", "Cohort", "make_cohort",
@@ -745,6 +745,7 @@ def make_slide(
     meta: dict | None = None,
     progress: bool = False,
     maxworkers: int | None = None,
+    jpeg_subsampling: tuple[int, int] = (2, 2),
 ) -> PhantomSlide:
     """Write a phantom slide as a pyramidal tiled JPEG TIFF and its ground truth beside it.
 
@@ -768,6 +769,11 @@ def make_slide(
         regions, informative, meta: cohort facts stored in the truth (see :class:`PhantomTruth`).
         progress: show a tqdm bar over tiles.
         maxworkers: JPEG encoding threads (tifffile; default 2).
+        jpeg_subsampling: JPEG chroma subsampling: ``(2, 2)`` (4:2:0, the default, smaller files) or
+            ``(1, 1)`` (4:4:4).  With 4:2:0 a decoder's chroma upsampling mixes each cell's outer pixel
+            ring with its neighbours' colours, so a patch shows a trace of what lies next to it; with
+            4:4:4 and cells that are multiples of 8 px every level-0 cell decodes exactly as its bank tile
+            (the arrangement cohorts use it: :data:`COHORT_JPEG_SUBSAMPLING`).
 
     Returns:
         :class:`PhantomSlide` (path and truth).
@@ -840,6 +846,7 @@ def make_slide(
                         resolution=(res / (width / lw), res / (height / lh)), resolutionunit="CENTIMETER",
                         subfiletype=0 if k == 0 else 1, description=description if k == 0 else None,
                         software="hipt.phantom", maxworkers=maxworkers or 2, buffersize=16 << 20, metadata=None,
+                        subsampling=tuple(jpeg_subsampling),
                     )
             truth.save(truth_path(path))
     finally:
@@ -1089,6 +1096,18 @@ class Cohort:
 COHORT_STAIN_JITTER = {"composition2": STAIN_JITTER, "composition3": STAIN_JITTER, "context": 0.0, "survival": 0.0}
 
 
+#: JPEG chroma subsampling of each cohort kind's slides (:func:`make_slide`).  The arrangement cohorts
+#: are written 4:4:4 so that every level-0 cell decodes exactly as its bank tile, whatever its
+#: neighbours (with 4:2:0 the decoder's chroma upsampling blends each cell's outer pixel ring with
+#: the neighbouring cells, a trace of the arrangement inside single patches).
+COHORT_JPEG_SUBSAMPLING = {"composition2": (2, 2), "composition3": (2, 2), "context": (1, 1), "survival": (1, 1)}
+
+#: Generator version of each cohort kind, recorded in ``cohort.json`` and, above 1, in the cache folder
+#: name (:func:`cohort_dir`), so features extracted from older slides are never reused.  2: the
+#: arrangement cohorts are written with 4:4:4 JPEG (:data:`COHORT_JPEG_SUBSAMPLING`).
+COHORT_VERSION = {"composition2": 1, "composition3": 1, "context": 2, "survival": 2}
+
+
 def _cohort_stain_jitter(kind: str, stain_jitter: float | None) -> float:
     """``stain_jitter``, or the kind's default (:data:`COHORT_STAIN_JITTER`) when None."""
     return COHORT_STAIN_JITTER.get(kind, STAIN_JITTER) if stain_jitter is None else float(stain_jitter)
@@ -1096,12 +1115,15 @@ def _cohort_stain_jitter(kind: str, stain_jitter: float | None) -> float:
 
 def cohort_dir(kind: str, n_slides: int = 32, regions_per_slide: int = 4, region_size: int = 2048, seed: int = 0,
                stain_jitter: float | None = None) -> Path:
-    """The default cache folder of a cohort: ``<cache>/phantom/<kind>_n.._r.._s.._seed..[_sj..]``
-    (``_sj<jitter>`` when the stain jitter is not :data:`STAIN_JITTER`)."""
+    """The default cache folder of a cohort: ``<cache>/phantom/<kind>_n.._r.._s.._seed..[_sj..][_v..]``
+    (``_sj<jitter>`` when the stain jitter is not :data:`STAIN_JITTER`, ``_v<version>`` when the kind's
+    :data:`COHORT_VERSION` is above 1)."""
     from hipt.paths import cache_dir
 
     sj = _cohort_stain_jitter(kind, stain_jitter)
     tag = "" if sj == STAIN_JITTER else f"_sj{sj:g}"
+    version = COHORT_VERSION.get(kind, 1)
+    tag += f"_v{version}" if version > 1 else ""
     return cache_dir("phantom") / f"{kind}_n{n_slides}_r{regions_per_slide}_s{region_size}_seed{seed}{tag}"
 
 
@@ -1202,6 +1224,16 @@ def make_cohort(
       (lymphocytes at least one stroma cell away from tumour).  A bag of patches cannot separate the
       classes; region context can.  Matched staining too: the slides have no stain jitter
       (:data:`COHORT_STAIN_JITTER`), so the arrangement is the only difference between slides.
+
+      What the generator guarantees (checked by ``tests/test_phantom_context.py``): (1) every slide of
+      either class has the same number of cells of each tissue type; (2) each cell shows a bank tile
+      whose variant and flip/rotation are drawn independently of the label and of the layout; (3) no
+      stain jitter; (4) slides are written with 4:4:4 JPEG (:data:`COHORT_JPEG_SUBSAMPLING`), so every
+      level-0 cell decodes exactly as its bank tile, whatever its neighbours.  Hence the multiset of
+      level-0 patches on the cell grid has the same distribution in both classes: a model of a bag of
+      such patches (mean pooling, ABMIL) is at chance in expectation, and only what spans several
+      patches separates the classes.  Not covered: patches off the cell grid (another patch size or
+      offset) and the lower pyramid levels, whose pixels mix neighbouring cells.
     - ``survival``: regions as in ``context``; each case (one slide) has ``n_informative`` uniform in
       0..k, ``arrangement_score = n_informative / k``, Weibull survival with hazard ∝
       exp(−2.5·(score − 0.5)) (contact is protective) and independent exponential censoring calibrated to
@@ -1228,7 +1260,8 @@ def make_cohort(
     out_dir = Path(out_dir) if out_dir is not None else cohort_dir(kind, n_slides, regions_per_slide, region_size, seed, sj)
     out_dir.mkdir(parents=True, exist_ok=True)
     params = dict(kind=kind, n_slides=n_slides, regions_per_slide=regions_per_slide, region_size=region_size,
-                  patch_size=patch_size, seed=seed, n_variants=n_variants, quality=quality, version=1)
+                  patch_size=patch_size, seed=seed, n_variants=n_variants, quality=quality,
+                  version=COHORT_VERSION.get(kind, 1))
     if sj != STAIN_JITTER:
         params["stain_jitter"] = sj  # only when not the default: the composition cohorts' manifests stay valid
     class_names = _class_names(kind)
@@ -1262,7 +1295,8 @@ def make_cohort(
             layout, boxes = tile_regions(plan["regions"])
             make_slide(path, layout, seed=int(_rng(seed, i, 0x5EED).integers(2**31)), bank_seed=seed,
                        n_variants=n_variants, cell=patch_size, quality=quality, regions=boxes * patch_size, stain_jitter=sj,
-                       informative=np.asarray(plan["informative"]), meta=meta)
+                       informative=np.asarray(plan["informative"]), meta=meta,
+                       jpeg_subsampling=COHORT_JPEG_SUBSAMPLING.get(kind, (2, 2)))
         k = len(plan["informative"])
         row = dict(slide_id=slide_id, path=str(path), label=plan["label"], label_name=plan["label_name"],
                    case_id=f"case_{i:03d}", n_regions=k, n_informative=int(np.sum(plan["informative"])),

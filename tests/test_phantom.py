@@ -245,8 +245,8 @@ def test_arrangement_cohorts_have_matched_staining(context_cohort, tmp_path):
     for _, row in context_cohort.table.iterrows():
         np.testing.assert_array_equal(P.load_truth(row["path"]).stain, np.ones(3, np.float32))
     assert json.loads((context_cohort.out_dir / "cohort.json").read_text())["stain_jitter"] == 0.0
-    assert P.cohort_dir("context", 64, 4, 1024).name == "context_n64_r4_s1024_seed0_sj0"
-    assert P.cohort_dir("survival", 32, 4, 1024, seed=1).name.endswith("_seed1_sj0")
+    assert P.cohort_dir("context", 64, 4, 1024).name == "context_n64_r4_s1024_seed0_sj0_v2"
+    assert P.cohort_dir("survival", 32, 4, 1024, seed=1).name.endswith("_seed1_sj0_v2")
     # the composition cohorts keep the default jitter, and their folder names (and caches)
     assert P.cohort_dir("composition2", 48, 4, 1024).name == "composition2_n48_r4_s1024_seed0"
     c = P.make_cohort("composition2", tmp_path / "c2", n_slides=2, regions_per_slide=1, region_size=1024,
@@ -254,7 +254,7 @@ def test_arrangement_cohorts_have_matched_staining(context_cohort, tmp_path):
     assert "stain_jitter" not in json.loads((c.out_dir / "cohort.json").read_text())
     assert (P.load_truth(c.table["path"][0]).stain != 1).any()
     # an explicit jitter is recorded, and changes the default folder
-    assert P.cohort_dir("context", 64, 4, 1024, stain_jitter=0.06).name == "context_n64_r4_s1024_seed0"
+    assert P.cohort_dir("context", 64, 4, 1024, stain_jitter=0.06).name == "context_n64_r4_s1024_seed0_v2"
 
 
 def test_survival_plan_columns_and_censoring():
