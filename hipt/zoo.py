@@ -20,8 +20,17 @@ The ``cpu`` preset keeps the physical scale (0.5 µm/px, 16-px tokens) and shrin
 of 48 slides (``context`` 64), patches of 128 px (the
 size the tiny stage-1 ViT is pretrained on, chapter 3) and regions of 8×8 patches (1024 px) instead of
 16×16 patches of 256 px, a tiny ViT256 and a short DINO run, so the whole pipeline fits a few minutes
-on 2 CPU cores.
-``paper`` is the full-size setting for a GPU.
+on 2 CPU cores.  Its models are pretrained here, on phantom patches and on the stage-1 features of an
+unlabelled phantom cohort.
+
+``paper`` is the full-size setting for a GPU, with the reference's settings: its phantom cohorts
+(:func:`cohort`, :func:`patches`) have HIPT's geometry and serve as *evaluation* data (chapter 9), and its
+features are extracted in fp32 as the reference's.  Its models are never pretrained on phantom data (the
+reference pretrained on TCGA): :func:`stage1_model`, :func:`stage2_model` and :func:`training_plan` need
+``data=`` (a folder of patches for stage 1, of ``hipt extract`` features for stage 2), and
+:func:`pretraining_features` / :func:`cohort_features` refuse the preset with a
+:class:`hipt.pretrain.trainer.PaperDataError` that says how to get those folders, or to load the released
+checkpoints (``vit256_small_dino``, ``vit4k_xs_dino``) instead.
 
 All artefacts are deterministic from ``seed``; cache folders are named by their settings.
 """
@@ -54,8 +63,9 @@ class Preset:
     pretrain_preset: str  #: :data:`hipt.pretrain.PRESETS` key
     extract_dtype: str  #: ``fp32`` or ``bf16`` compute for feature extraction
     batch_regions: int
-    #: the unlabelled cohort whose stage-1 features pretrain stage 2 (kind, n_slides)
-    stage2_cohort: tuple[str, int]
+    #: the unlabelled phantom cohort whose stage-1 features pretrain stage 2 (kind, n_slides); None: real
+    #: data only (the ``paper`` preset)
+    stage2_cohort: tuple[str, int] | None
     #: slides per cohort where a kind needs another number than ``n_slides``: ((kind, n), ...)
     cohort_sizes: tuple = ()
 
@@ -72,9 +82,12 @@ PRESETS: dict[str, Preset] = {
                   # fell to 0.78 ± 0.23 over 3 folds: ~19 training slides for 3 classes are too few)
                   cohort_sizes=(("context", 64),),
                   stage2_cohort=("survival", 32)),
+    # HIPT's geometry for the phantom evaluation cohorts; fp32 extraction (the reference's); no phantom
+    # pretraining data: stage 2 pretrains on hipt extract features of real slides (the reference: 433,779
+    # TCGA regions), passed as data=
     "paper": Preset("paper", region_size=4096, patch_size=256, n_slides=128, regions_per_slide=8,
-                    pretrain_preset="paper", extract_dtype="bf16", batch_regions=4,
-                    stage2_cohort=("survival", 512)),
+                    pretrain_preset="paper", extract_dtype="fp32", batch_regions=4,
+                    stage2_cohort=None),
 }
 
 
@@ -150,7 +163,8 @@ def patches(kind: str, preset: str | Preset = "cpu", seed: int = 0, n_slides: in
 def stage1_model(preset: str | Preset = "cpu", progress: bool = True, **overrides) -> torch.nn.Module:
     """The stage-1 ViT256 (teacher, eval mode): :func:`hipt.pretrain.export.pretrained` (train-or-load).
 
-    ``overrides`` change :class:`hipt.pretrain.PretrainConfig` fields (and so the cache folder).
+    ``overrides`` change :class:`hipt.pretrain.PretrainConfig` fields (and so the cache folder).  The
+    ``paper`` preset needs ``data=`` (a folder of patches or a ``hipt patch`` folder of real slides).
     """
     from hipt.pretrain.export import pretrained
 
@@ -159,8 +173,11 @@ def stage1_model(preset: str | Preset = "cpu", progress: bool = True, **override
 
 
 def pretraining_features(preset: str | Preset = "cpu", progress: bool = True) -> Path:
-    """Stage-1 patch features (``feats256`` only) of the unlabelled cohort that pretrains stage 2."""
+    """Stage-1 patch features (``feats256`` only) of the unlabelled phantom cohort that pretrains stage 2
+    (``cpu`` preset; the ``paper`` preset pretrains on real data and raises
+    :class:`hipt.pretrain.trainer.PaperDataError`)."""
     p = get_preset(preset)
+    _refuse_paper_pretraining(p, 2)
     kind, n = p.stage2_cohort
     return _extract(kind, p, seed=1, n_slides=n, with_vit4k=False, progress=progress)
 
@@ -168,8 +185,9 @@ def pretraining_features(preset: str | Preset = "cpu", progress: bool = True) ->
 def stage2_model(preset: str | Preset = "cpu", progress: bool = True, **overrides) -> torch.nn.Module:
     """The stage-2 ViT4K (teacher, eval mode), trained with DINO on stage-1 feature grids, or loaded.
 
-    Its pretraining data are the ``feats256`` of a separate phantom cohort (seed 1,
-    :func:`pretraining_features`), never the cohorts that the slide-level chapters evaluate on.
+    Its pretraining data (``cpu``) are the ``feats256`` of a separate phantom cohort (seed 1,
+    :func:`pretraining_features`), never the cohorts that the slide-level chapters evaluate on.  The
+    ``paper`` preset needs ``data=`` (a folder of ``hipt extract`` features of real slides).
     """
     from hipt.pretrain.export import pretrained
 
@@ -193,8 +211,11 @@ def training_plan(stage: int, preset: str | Preset = "cpu", *, force: bool = Fal
     from hipt.pretrain.export import TEACHER_NAME, model_dir
     from hipt.pretrain.trainer import CHECKPOINT_NAME, _torch_load, estimate_run
 
+    from hipt.pretrain.trainer import check_pretraining_data
+
     p = get_preset(preset)
     name = p.pretrain_preset
+    check_pretraining_data(make_config(stage, name, **overrides))  # paper on phantom data: refused here
 
     def pending(config, label: str, fresh: bool, n_items: int | None = None):
         out = model_dir(config)
@@ -229,8 +250,19 @@ def _model_key(stage: int, p: Preset) -> str:
     return model_dir(make_config(stage, p.pretrain_preset)).name.rsplit("-", 1)[-1]
 
 
+def _refuse_paper_pretraining(p: Preset, stage: int) -> None:
+    """The ``paper`` preset's models are pretrained on real data only: refuse before drawing a cohort."""
+    if p.pretrain_preset == "paper":
+        from hipt.pretrain.trainer import PaperDataError, paper_data_message
+
+        raise PaperDataError(paper_data_message(stage))
+
+
 def _extract(kind: str, p: Preset, seed: int, n_slides: int | None, with_vit4k: bool, progress: bool,
              stain_jitter: float | None = None) -> Path:
+    # the book's features come from the book's own pretrained models; with the paper preset those would
+    # be phantom-pretrained (refused): extract with the released checkpoints instead (chapter 9)
+    _refuse_paper_pretraining(p, 1)
     c = cohort(kind, p, seed, n_slides, progress, stain_jitter)
     patch_dir = patches(kind, p, seed, n_slides, progress, stain_jitter)
     tag = "feats" if with_vit4k else "feats256"
@@ -270,7 +302,9 @@ def cohort_features(kind: str, preset: str | Preset = "cpu", seed: int = 0, n_sl
                     progress: bool = True, stain_jitter: float | None = None) -> Path:
     """Folder of ``<slide>.h5`` (``feats256`` ``[M, n, D]``, ``feats4k`` ``[M, 192]``, ``coords``) and
     ``table.csv`` for the phantom cohort ``kind``, from the preset's stage-1 and stage-2 models
-    (``stain_jitter``: see :func:`cohort`; the folder names follow it)."""
+    (``stain_jitter``: see :func:`cohort`; the folder names follow it).  ``cpu`` only: the ``paper``
+    preset's models are not pretrained on phantom data (extract its cohorts with the released
+    checkpoints, as chapter 9 does)."""
     return _extract(kind, get_preset(preset), seed, n_slides, with_vit4k=True, progress=progress,
                     stain_jitter=stain_jitter)
 

@@ -1,5 +1,8 @@
-"""Train-or-load: pretrained backbones cached under ``hipt.paths.cache_dir("models")``, and the phantom
-data that stage 2 needs.
+"""Train-or-load: pretrained backbones cached under ``hipt.paths.cache_dir("models")``, and (for the
+``cpu-tiny`` preset) the phantom data that stage 2 needs.  The ``paper`` preset pretrains on real data
+only: ``pretrained(stage, "paper")`` needs ``data`` (a folder of patches for stage 1, of ``hipt extract``
+features for stage 2) and refuses phantom data before any work
+(:func:`hipt.pretrain.trainer.check_pretraining_data`).
 
 A training run writes ``checkpoint.pth`` in the released DINO format (``teacher``/``student`` with
 ``backbone.*``/``head.*`` keys, ``args``, ...), which :func:`hipt.models.weights.load_backbone` and
@@ -20,7 +23,7 @@ import torch.nn as nn
 
 from hipt.io import cache_lock
 from hipt.paths import cache_dir
-from hipt.pretrain.trainer import PretrainConfig, config_hash, make_config, train
+from hipt.pretrain.trainer import PretrainConfig, check_pretraining_data, config_hash, make_config, train
 
 TEACHER_NAME = "teacher.pth"
 
@@ -82,9 +85,12 @@ def pretrained(
     before, else trained now (resuming an interrupted run) and cached.
 
     Args:
-        stage: 1 (ViT256 on phantom patches by default) or 2 (ViT4K on feature grids: by default the
-            stage-1 features of the book's unlabelled phantom cohort, ``hipt.zoo.pretraining_features``).
-        preset: ``"cpu-tiny"`` (minutes on a CPU) or ``"paper"``.
+        stage: 1 (ViT256 on patches) or 2 (ViT4K on feature grids).  With ``cpu-tiny``, by default phantom
+            patches (stage 1) and the stage-1 features of the book's unlabelled phantom cohort
+            (``hipt.zoo.pretraining_features``; stage 2).
+        preset: ``"cpu-tiny"`` (minutes on a CPU) or ``"paper"`` (every reference setting; pass ``data``:
+            a folder of patches or a ``hipt patch`` folder for stage 1, a folder of ``hipt extract``
+            features for stage 2; phantom data raise :class:`hipt.pretrain.trainer.PaperDataError`).
         force: retrain even if cached.
         dataset: train on this dataset instead of ``config.data`` (then name it with ``tag``: the cache
             key is the configuration plus the tag, it cannot hash the data).
@@ -93,6 +99,7 @@ def pretrained(
     Returns the backbone in eval mode, with ``.pretrain_dir`` (the cache folder) set.
     """
     config = make_config(stage, preset, **overrides)
+    check_pretraining_data(config, dataset)  # the paper preset on phantom data: refused before any work
     if dataset is not None and not tag:
         raise ValueError("pretrained(dataset=...) needs a tag naming the data (it is part of the cache key)")
     out = model_dir(config, tag)
@@ -110,10 +117,9 @@ def _train_or_load(stage, preset, config, out, teacher_path, force, progress, da
         if force and (out / "checkpoint.pth").is_file():
             (out / "checkpoint.pth").unlink()
         if stage == 2 and dataset is None and config.data == "phantom":
-            from hipt import zoo  # the book's unlabelled pretraining cohort, stage-1 features
+            from hipt import zoo  # the book's unlabelled pretraining cohort, stage-1 features (cpu-tiny only)
 
-            config = config.replace(data=str(zoo.pretraining_features("paper" if preset == "paper" else "cpu",
-                                                                      progress=progress)))
+            config = config.replace(data=str(zoo.pretraining_features("cpu", progress=progress)))
         result = train(config.replace(out_dir=str(out), progress=progress), dataset)
         export_teacher(result, teacher_path, config)
         model = result.teacher.eval()

@@ -204,23 +204,70 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
         ),
     },
     "paper": {
-        # fp16 with a gradient scaler, as the reference (DINO's use_fp16): a GPU run (on a CPU pass
-        # precision="bf16" or "fp32"); precision="auto" takes bf16 instead where the GPU has it.
+        # Every setting of the reference's main_dino.py / main_dino4k.py (HIPT-REFERENCE.md §4), spelled
+        # out rather than left to the dataclass defaults: a DINO head without BatchNorm, 65,536
+        # prototypes, teacher temperature 0.04 without warm-up, teacher momentum 0.996 -> 1, lr 5e-4 per
+        # 256 images with 10 warm-up epochs, weight decay 0.04 -> 0.4, 2 global + 8 local crops, fp16
+        # with a gradient scaler, trunc-normal position embeddings.  The schedule is the README table's
+        # (400k iterations for stage 1, 200k for stage 2): 100 "epochs" of a fixed number of steps.
+        # Batch 64 per GPU: the paper's 256 in total needs 4 processes (torchrun); with fewer the
+        # global batch is smaller and the lr scales down with it (scaled_lr).  Data: real patches
+        # (stage 1) or hipt extract features (stage 2) only; phantom data are refused
+        # (check_pretraining_data).  On a CPU pass precision="bf16" or "fp32".
         1: dict(
-            arch="vit256_small", patch_size=256, global_crop_size=224, local_crop_size=96, out_dim=65536,
-            head_hidden_dim=2048, head_bottleneck_dim=256, batch_size_per_gpu=64, epochs=100,
-            steps_per_epoch=4000, warmup_epochs=10, lr=5e-4, min_lr=1e-6, momentum_teacher=0.996,
-            normalization="imagenet", drop_path_rate=0.1, precision="fp16", checkpoint_every=2000,
-            log_every=10, num_workers=10, out_dir="data/runs/pretrain_stage1_paper",
+            arch="vit256_small", patch_size=256, global_crop_size=224, local_crop_size=96, local_crops_number=8,
+            global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4), normalization="imagenet",
+            out_dim=65536, head_hidden_dim=2048, head_bottleneck_dim=256, head_nlayers=3, norm_last_layer=True,
+            use_bn_in_head=False, pos_embed_init="trunc_normal", drop_path_rate=0.1,
+            batch_size_per_gpu=64, epochs=100, steps_per_epoch=4000, warmup_epochs=10, lr=5e-4, min_lr=1e-6,
+            weight_decay=0.04, weight_decay_end=0.4, momentum_teacher=0.996, warmup_teacher_temp=0.04,
+            teacher_temp=0.04, warmup_teacher_temp_epochs=0, student_temp=0.1, center_momentum=0.9,
+            clip_grad=3.0, clip_mode="param", freeze_last_layer=1, precision="fp16", seed=0,
+            checkpoint_every=2000, log_every=10, num_workers=10, out_dir="data/runs/pretrain_stage1_paper",
         ),
         2: dict(
-            arch="vit4k_xs", input_embed_dim=384, global_crop_size=14, local_crop_size=6, out_dim=65536,
+            arch="vit4k_xs", input_embed_dim=384, patch_size=256, global_crop_size=14, local_crop_size=6,
+            local_crops_number=8, grid_dropout=0.0,
+            out_dim=65536, head_hidden_dim=2048, head_bottleneck_dim=256, head_nlayers=3, norm_last_layer=True,
+            use_bn_in_head=False, pos_embed_init="trunc_normal", drop_path_rate=0.1,
             batch_size_per_gpu=64, epochs=100, steps_per_epoch=2000, warmup_epochs=10, lr=5e-4, min_lr=1e-6,
-            momentum_teacher=0.996, drop_path_rate=0.1, precision="fp16", checkpoint_every=2000,
-            log_every=10, num_workers=4, out_dir="data/runs/pretrain_stage2_paper",
+            weight_decay=0.04, weight_decay_end=0.4, momentum_teacher=0.996, warmup_teacher_temp=0.04,
+            teacher_temp=0.04, warmup_teacher_temp_epochs=0, student_temp=0.1, center_momentum=0.9,
+            clip_grad=3.0, clip_mode="param", freeze_last_layer=1, precision="fp16", seed=0,
+            checkpoint_every=2000, log_every=10, num_workers=4, out_dir="data/runs/pretrain_stage2_paper",
         ),
     },
 }
+
+
+class PaperDataError(HIPTError):
+    """A ``paper``-preset DINO run asked for phantom data (it pretrains on real data only)."""
+
+
+def paper_data_message(stage: int) -> str:
+    """What a ``paper``-preset run on phantom data is told: which folder to pass, and how to get it."""
+    if stage == 1:
+        what = ("pass data (hipt pretrain --data) a folder of patches: 256-px images, or the output folder of "
+                "hipt patch SLIDES --out PATCH_DIR (4096-px regions of 256-px patches at 0.5 µm/px, read from "
+                "your slides; the reference used TCGA slides, and released no patches)")
+        released = 'vit256_small_dino (hipt.models.vit256_small(weights="vit256_small_dino"))'
+    else:
+        what = ("pass data (hipt pretrain --data) a folder of hipt extract features: the feats256 of your "
+                "stage-1 model on 4096-px regions (hipt patch SLIDES --out PATCH_DIR, then hipt extract "
+                "--coords PATCH_DIR --vit256 STAGE1_CHECKPOINT --vit4k none --out FEATURES_DIR; the reference "
+                "used 433,779 TCGA regions, not released)")
+        released = 'vit4k_xs_dino (hipt.models.vit4k_xs(weights="vit4k_xs_dino"))'
+    return (f"preset 'paper' pretrains stage {stage} on real data, not on phantom tissue: {what}. Or train "
+            f"nothing and load the reference's released checkpoint {released}. Phantom pretraining is the "
+            "cpu-tiny preset's.")
+
+
+def check_pretraining_data(config: PretrainConfig, dataset=None) -> None:
+    """Refuse (:class:`PaperDataError`) a ``paper``-preset run on phantom data, before any work.
+
+    ``dataset``: a dataset passed to :func:`train` directly (then ``config.data`` is not read)."""
+    if config.preset == "paper" and config.data == "phantom" and dataset is None:
+        raise PaperDataError(paper_data_message(config.stage))
 
 
 def make_config(stage: int = 1, preset: str = "cpu-tiny", **overrides: Any) -> PretrainConfig:
@@ -348,6 +395,7 @@ def build_transform(config: PretrainConfig):
 
 def build_dataset(config: PretrainConfig):
     """The dataset named by ``config.data`` (with the stage's multi-crop transform)."""
+    check_pretraining_data(config)
     transform = build_transform(config)
     data = config.data
     if config.stage == 1:
@@ -362,7 +410,7 @@ def build_dataset(config: PretrainConfig):
         return ImageFolderPatches(path, transform)
     if data == "phantom":
         raise HIPTError("stage 2 on phantom data: pass the feature grids as train(config, dataset=...) "
-                        "or use hipt.pretrain.pretrained(2), which extracts them")
+                        "or use hipt.pretrain.pretrained(2, 'cpu-tiny'), which extracts them")
     return FeatureGrids(data, transform)
 
 
@@ -724,6 +772,7 @@ def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int,
     # resolved before the data are drawn (fp16 on a CPU fails here); a finished run only loads its
     # checkpoint, so an fp16 run trained on a GPU can still be read on a CPU
     precision = "fp32" if finished else resolve_precision(config.precision, device)
+    check_pretraining_data(config, dataset)  # the paper preset on phantom data: refused before any work
     if dataset is None and not finished:
         dataset = build_dataset(config)
     elif dataset is not None and getattr(dataset, "transform", "unset") is None:
@@ -963,8 +1012,9 @@ def read_log(run_dir: str | Path):
 
 _HELP = {
     "stage": "1: ViT256-16 on patches; 2: ViT4096-256 on feature grids",
-    "preset": "base settings: cpu-tiny (CPU, minutes) or paper (the reference hyper-parameters)",
-    "data": "phantom | folder of images | `hipt patch` output folder (stage 1) | folder of `hipt extract` .h5 (stage 2)",
+    "preset": "base settings: cpu-tiny (CPU, minutes, phantom data) or paper (every reference setting; real data only)",
+    "data": "phantom (cpu-tiny only) | folder of images | `hipt patch` output folder (stage 1) | folder of "
+            "`hipt extract` .h5 (stage 2)",
     "slides": "folder of the slides, if they moved since `hipt patch` (stage 1 from slides)",
     "n_phantom": "phantom patches drawn for --data phantom (stage 1)",
     "patch_size": "stage-1 input patch side in px (the paper: 256; cpu-tiny: 128, keeping the crop ratios)",
