@@ -1,9 +1,9 @@
 """Does any CPU-sized stage-2 DINO run make the region token encode arrangement?
 
-Chapter 4 finds that the ``cpu-tiny`` stage-2 ViT4K keeps only part of the arrangement that the
-``context`` cohort's labels depend on, although the stage-1 grids contain it (a k-means adjacency
-reader recovers it), and that the part it keeps comes mostly from its sine-cosine position embeddings
-rather than from DINO.  This script retrains stage 2 with several variants and records, for each, the
+Chapter 4 asks whether the ``cpu-tiny`` stage-2 ViT4K's region token reads the arrangement that the
+``context`` cohort's labels depend on (the stage-1 grids hold it: a k-means adjacency reader recovers
+it), and whether DINO or the network at initialization does the reading.  This script retrains stage 2
+with several variants and records, for each, the
 linear-probe AUC (5-fold, grouped by slide) of "this region is informative" on the held-out context
 cohort, next to the two references: mean-pooled patch tokens (cannot see arrangement) and the
 adjacency counts of stage-1 token clusters (the ceiling).
@@ -30,7 +30,8 @@ Usage::
     python benchmarks/bench_stage2_arrangement.py                 # six variants, ~12 min on 2 cores
     python benchmarks/bench_stage2_arrangement.py --variants base long
 
-Results: ``benchmarks/results/stage2_arrangement.json`` (shown in chapter 4).
+Results: ``benchmarks/results/stage2_arrangement.json`` (shown in the appendix "Designing the phantom
+experiments", ``book/appendix_phantom_design.md``).
 """
 
 from __future__ import annotations

@@ -186,15 +186,11 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
             precision="bf16",
             out_dir="data/runs/pretrain_stage1",
         ),
-        # The paper's head (no BatchNorm) and teacher temperature 0.04 collapse to the uniform output
-        # (loss = ln K) within ~20 steps on the phantom cohorts: every region holds the same tissue
-        # mixture, so at initialization all global views give the same teacher output (cosine
-        # similarity ~0.99) and centring leaves nothing.  DINO's BatchNorm head and a sharper teacher
-        # (0.02) keep the run alive; see book/04_dino_stage2.md.  2-D sine-cosine position embeddings
-        # at init: with the reference's trunc-normal (std 0.02) ones, a tiny ViT4K trained for 120 CPU
-        # steps cannot tell where a token sits, and its region token keeps no arrangement (linear
-        # probe 0.49 vs 0.46 for mean pooling; with sincos 0.75, of which 0.74 before training:
-        # benchmarks/bench_stage2_arrangement.py).
+        # Every phantom region holds the same tissue mixture, so at initialization all views give
+        # nearly the same teacher output and centring leaves a uniform target: the paper's head (no
+        # BatchNorm, teacher temperature 0.04) collapses.  DINO's BatchNorm head and a sharper teacher
+        # keep it training; 2-D sine-cosine position embeddings give a short run a position signal
+        # that tells neighbouring cells apart.  Measurements: book/appendix_phantom_design.md.
         2: dict(
             arch="vit4k_tiny", input_embed_dim=192, data="phantom", global_crop_size=7, local_crop_size=3,
             out_dim=4096, batch_size_per_gpu=32, epochs=30, warmup_epochs=3, momentum_teacher=0.99,
