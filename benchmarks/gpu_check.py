@@ -127,8 +127,8 @@ def precision_check(paper_steps: int = 10) -> dict:
         probs = res.predictions.filter(like="prob_").to_numpy()
         return res.history["loss"].tolist(), {"predictions_finite": bool(np.isfinite(probs).all())}
 
-    def dino(cfg):
-        result = train(cfg)
+    def dino(cfg, dataset=None):
+        result = train(cfg, dataset)
         ckpt = torch.load(Path(cfg.out_dir) / "checkpoint.pth", map_location="cpu", weights_only=False)
         return [r["loss"] for r in result.log], {"loss_scale": (ckpt.get("fp16_scaler") or {}).get("scale")}
 
@@ -141,10 +141,15 @@ def precision_check(paper_steps: int = 10) -> dict:
                            out_dir=str(out / f"dino_tiny_{requested}"))
         record("DINO stage 1, cpu-tiny model, 8 steps", requested, lambda tiny=tiny: dino(tiny))
     # the paper preset's own precision (fp16, as the reference): ViT-S/16 and 65,536 prototypes
-    paper = make_config(1, "paper", data="phantom", n_phantom=256, batch_size_per_gpu=64, num_workers=8,
+    # (the paper preset refuses phantom data unless they are passed explicitly: a speed check may)
+    from hipt.phantom import phantom_patches
+    from hipt.pretrain.data import ArrayPatches
+
+    paper = make_config(1, "paper", batch_size_per_gpu=64, num_workers=8,
                         max_steps=paper_steps, checkpoint_every=10**9, progress=False, device="cuda",
                         out_dir=str(out / "dino_paper"))
-    record(f"DINO stage 1, paper preset, {paper_steps} steps", paper.precision, lambda: dino(paper))
+    paper_data = ArrayPatches(phantom_patches(256, size=256)[0])
+    record(f"DINO stage 1, paper preset, {paper_steps} steps", paper.precision, lambda: dino(paper, paper_data))
     report["all_finite"] = all(r["finite"] and r.get("predictions_finite", True) for r in report["rows"])
     return report
 
@@ -235,12 +240,16 @@ def sections_1_to_3(args: argparse.Namespace, res: dict, t0: float) -> None:
 
     out = Path(os.environ.get("OUT", "/tmp")) / "dino_paper"
     steps = 40
-    cfg = make_config(1, "paper", data="phantom", n_phantom=512, batch_size_per_gpu=args.dino_batch,
+    from hipt.phantom import phantom_patches
+    from hipt.pretrain.data import ArrayPatches
+
+    cfg = make_config(1, "paper", batch_size_per_gpu=args.dino_batch,
                       precision="bf16", num_workers=12, out_dir=str(out), max_steps=steps, checkpoint_every=10**9,
                       progress=False, device="cuda", log_every=1)
+    data = ArrayPatches(phantom_patches(512, size=256)[0])  # speed only: the paper preset refuses implicit phantom data
     torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
-    result = train(cfg)
+    result = train(cfg, data)
     sync()
     wall = time.perf_counter() - t
     log = result.log

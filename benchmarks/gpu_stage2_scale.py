@@ -280,7 +280,8 @@ def slides(args) -> int:
     for method in ("hipt", "mean", "abmil"):
         cfg = FinetuneConfig(features_dir=str(feats), task=str(out / "table.csv"), splits_dir=str(splits),
                              kind="subtype", task_name="gpu_context", method=method, out=str(out / "results"),
-                             fractions=[1.0], folds=list(range(args.folds)), resume=False, verbose=False)
+                             fractions=[1.0], folds=list(range(args.folds)), resume=False, verbose=False,
+                             standardize=args.standardize)
         results.append(run_cv(cfg))
     summ = summarize(pd.concat(results), "test", "auc")
     out_rows = [{"method": r.method, "test AUC, mean over folds": round(float(r["mean"]), 3),
@@ -290,10 +291,11 @@ def slides(args) -> int:
         print(r)
     path = write_benchmark_result(
         "gpu_stage2_slides", out_rows, title="Claim (b) at scale: slide-level context subtyping on GPU-pretrained region tokens",
-        command=f"gpu_stage2_scale.py slides --folds {args.folds}",
+        command=f"gpu_stage2_scale.py slides --folds {args.folds}" + (" --standardize" if args.standardize else ""),
         notes=f"{len(table)} phantom slides of 4 regions (class 1: 2–4 informative, class 0: none), built from the "
               f"evaluation regions of the {rec['device']} stage-2 run ({rec['steps']} steps); region tokens = its DINO "
               "ViT4K-XS teacher; patch tokens = the cpu stage-1 tokens; slide models trained here (20 epochs, "
+              + ("inputs z-scored for every method, " if args.standardize else "raw inputs for every method, ") +
               "accumulation 32, last epoch; Monte-Carlo folds 60/15/25)")
     print(f"wrote {path}")
     return 0
@@ -321,6 +323,9 @@ def main(argv=None) -> int:
     t.add_argument("--npz", required=True, help="stage2_scale.npz of a run with a live (not collapsed) head")
     t.add_argument("--folds", type=int, default=5)
     t.add_argument("--out", default="data/runs/gpu_stage2_slides")
+    t.add_argument("--standardize", action="store_true",
+                   help="z-score every method's inputs with training statistics (the CPU book's protocol); "
+                        "default: raw inputs for every method, as the reference and as the recorded run")
     args = ap.parse_args(argv)
     return {"prepare": prepare, "run": run, "report": report, "slides": slides}[args.cmd](args)
 

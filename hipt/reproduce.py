@@ -144,6 +144,19 @@ TARGETS: dict[str, Target] = {
 #: the chapters that ``--quick`` runs with their CPU defaults (phantom cohorts)
 QUICK_CHAPTERS = ("06_finetuning", "07_survival", "08_knn")
 
+#: ``hipt reproduce seeds``: cohort and split seeds that no preset or cohort design was tuned on (the
+#: book's own run uses cohort seed 0 and split seed 0); every combination is one run per variant
+SWEEP_COHORT_SEEDS = (101, 102, 103, 104, 105)
+SWEEP_SPLIT_SEEDS = (201, 202)
+#: the variants each seed combination runs, per chapter (extra papermill parameters): chapter 6 once as
+#: the book runs it (without its side experiments) and once with per-slide stain jitter on the context cohort
+SWEEP_VARIANTS: dict[str, tuple[dict[str, Any], ...]] = {
+    "06_finetuning": ({"extras": False},
+                      {"extras": False, "cohorts": ["context"], "context_stain_jitter": 0.06}),
+    "07_survival": ({},),
+}
+SWEEP_RECORD = "seeds_sweep"
+
 
 @dataclass
 class Run:
@@ -158,6 +171,9 @@ class Run:
         params = {k: v for k, v in self.parameters.items() if k != "results_dir"}
         digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
         parts = [self.chapter.stem]
+        for name, tag in (("cohort_seed", "c"), ("split_seed", "s")):
+            if name in params:
+                parts.append(f"{tag}{params[name]}")
         for axis in GRID_AXES:
             if axis in params:
                 value = params[axis]
@@ -166,6 +182,12 @@ class Run:
                 parts.append(prefix + "+".join(str(v) for v in values))
         parts.append(digest)
         return "-".join(_safe(p) for p in parts)
+
+
+def settings_key(*settings: Any) -> str:
+    """A short stable hash of JSON-able settings: names a results folder after everything that changes
+    its results, so that resuming never mixes runs of different settings."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def _safe(s: str) -> str:
@@ -275,6 +297,45 @@ def target_runs(name: str, *, quick: bool = False, preset: str = "paper", params
 def quick_runs(params: dict[str, Any] | None = None) -> list[Run]:
     """The phantom version: chapters 6, 7 and 8 once each with their CPU defaults."""
     return [Run(resolve_chapter(c), {"preset": "cpu", **(params or {})}) for c in QUICK_CHAPTERS]
+
+
+def seed_sweep_runs(chapters: Sequence[str] | None = None, cohort_seeds: Sequence[int] = SWEEP_COHORT_SEEDS,
+                    split_seeds: Sequence[int] = SWEEP_SPLIT_SEEDS, params: dict[str, Any] | None = None) -> list[Run]:
+    """The seeds sweep: each chapter of :data:`SWEEP_VARIANTS` (or ``chapters``) with its CPU preset, once per
+    cohort seed × split seed × variant.  Each run writes its measured effects (``effects.json``, see
+    :mod:`hipt.evidence`) into its results folder; :func:`sweep_record_rows` gathers them."""
+    names = list(chapters or SWEEP_VARIANTS)
+    unknown = [c for c in names if c not in SWEEP_VARIANTS]
+    if unknown:
+        raise HIPTError(f"seeds sweep: no claims are swept for {unknown}; choose from {list(SWEEP_VARIANTS)}")
+    runs = []
+    for chapter in names:
+        path = resolve_chapter(chapter)
+        for c, sp in itertools.product(cohort_seeds, split_seeds):
+            for variant in SWEEP_VARIANTS[chapter]:
+                runs.append(Run(path, {"preset": "cpu", "cohort_seed": int(c), "split_seed": int(sp),
+                                       **variant, **(params or {})}))
+    return runs
+
+
+def sweep_record_rows(out_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per finished run under ``out_dir`` that wrote ``effects.json``: chapter, seeds, settings, effects."""
+    from hipt.evidence import EFFECTS_NAME, sweep_rows
+
+    return sweep_rows([d / EFFECTS_NAME for d in result_dirs(out_dir) if (d / EFFECTS_NAME).is_file()])
+
+
+def record_sweep(out_dir: str | Path, command: str, folder: str | Path | None = None) -> Path:
+    """Write the seeds sweep under ``out_dir`` as the benchmark record ``seeds_sweep`` (command, commit, machine)."""
+    rows = sweep_record_rows(out_dir)
+    if not rows:
+        raise HIPTError(f"{out_dir}: no finished sweep run wrote effects.json; nothing to record")
+    chapters = sorted({r["chapter"] for r in rows})
+    return write_benchmark_result(
+        SWEEP_RECORD, rows, title="Seeds sweep: the book's claims over cohort and split seeds", command=command,
+        notes=f"{len(rows)} runs of {', '.join(chapters)} with preset cpu; cohort seeds and split seeds that no "
+              "preset was tuned on; one row per run (seeds, settings, measured effects); the claims and their "
+              "conditions are in hipt.evidence", folder=folder)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -716,8 +777,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "methods, fractions, folds and every --param as papermill parameters (see the module docstring)."
     )
     targets = "; ".join(f"{k}: {t.description}" for k, t in TARGETS.items()).replace("%", "%%")
-    parser.add_argument("target", nargs="?", choices=[*TARGETS, "all"],
-                        help=f"a named grid: {targets}; all: the three")
+    parser.add_argument("target", nargs="?", choices=[*TARGETS, "all", "seeds"],
+                        help=f"a named grid: {targets}; all: the three; seeds: the seeds sweep of the book's claims "
+                             "(chapters 6 and 7 on the CPU over cohort seeds x split seeds; about an hour on 2 "
+                             "cores; --record writes benchmarks/results/seeds_sweep.json)")
+    parser.add_argument("--cohort-seeds", nargs="+", type=int, default=None,
+                        help=f"seeds sweep: cohort seeds (default {' '.join(map(str, SWEEP_COHORT_SEEDS))})")
+    parser.add_argument("--split-seeds", nargs="+", type=int, default=None,
+                        help=f"seeds sweep: split seeds (default {' '.join(map(str, SWEEP_SPLIT_SEEDS))})")
+    parser.add_argument("--sweep-chapters", nargs="+", default=None,
+                        help=f"seeds sweep: chapters (default {' '.join(SWEEP_VARIANTS)})")
+    parser.add_argument("--record", action="store_true",
+                        help="seeds sweep: after the runs, write every finished run's effects under --out to "
+                             "benchmarks/results/seeds_sweep.json (with this command, the commit and the machine)")
     parser.add_argument("--quick", action="store_true",
                         help="the phantom version on a CPU: chapters 6, 7 and 8 once each with their CPU "
                              "defaults (a few minutes each once data/cache holds the models and features "
@@ -771,7 +843,11 @@ def plan_from_args(args: argparse.Namespace) -> list[Run]:
         return grid_runs(args.chapter, tasks=args.tasks, methods=args.methods, fractions=args.fractions,
                          folds=args.folds, split_by=split, params={"preset": args.preset, **params})
     if args.target is None and not args.quick:
-        raise HIPTError("hipt reproduce: name a target (table1, table2, knn, all), --quick, or --chapter")
+        raise HIPTError("hipt reproduce: name a target (table1, table2, knn, all, seeds), --quick, or --chapter")
+    if args.target == "seeds":
+        return seed_sweep_runs(getattr(args, "sweep_chapters", None),
+                               cohort_seeds=getattr(args, "cohort_seeds", None) or SWEEP_COHORT_SEEDS,
+                               split_seeds=getattr(args, "split_seeds", None) or SWEEP_SPLIT_SEEDS, params=params)
     if args.quick and args.target in (None, "all"):
         return quick_runs(params)
     names = list(TARGETS) if args.target == "all" else [args.target]
@@ -802,4 +878,8 @@ def run(args: argparse.Namespace) -> int:
                       + (f"MISSING: {result}" if isinstance(result, HIPTError) else f"ok, {result.summary()}"))
         print(f"{len(runs)} runs" + (f", {blocked} of them cannot start (MISSING above)" if blocked else ""))
         return 0
-    return exit_code(reproduce(runs, out, force=args.force, kernel=args.kernel, timeout=args.timeout))
+    outcomes = reproduce(runs, out, force=args.force, kernel=args.kernel, timeout=args.timeout)
+    if getattr(args, "record", False):
+        command = " ".join(["hipt", "reproduce", *sys.argv[2:]]) if len(sys.argv) > 1 else "hipt reproduce seeds --record"
+        print(f"record {record_sweep(out, command)}")
+    return exit_code(outcomes)

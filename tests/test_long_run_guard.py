@@ -68,11 +68,11 @@ def test_stage2_plan_counts_the_uncached_stage1_run(fake_timing, tmp_path, monke
     from hipt import zoo
 
     monkeypatch.setenv("HIPT_CACHE", str(tmp_path / "cache"))
-    plan = zoo.training_plan(2, "paper", max_steps=100)
-    assert [e.steps for e in plan] == [400_000, 100]
-    assert plan[0].label.startswith("stage 1 (paper") and plan[1].label == "stage 2 (paper)"
-    with pytest.raises(LongRunError, match=r"max_steps caps stage 2 \(paper\) only"):
-        check_run_budget(plan, max_minutes=60)
+    plan = zoo.training_plan(2, "cpu", max_steps=100)
+    assert [e.steps for e in plan] == [192, 100]
+    assert plan[0].label.startswith("stage 1 (cpu-tiny") and plan[1].label == "stage 2 (cpu-tiny)"
+    with pytest.raises(LongRunError, match=r"max_steps caps stage 2 \(cpu-tiny\) only"):
+        check_run_budget(plan, max_minutes=0.5)
 
 
 def test_estimate_with_a_given_step_time_times_nothing(monkeypatch):

@@ -68,8 +68,7 @@ def test_route_on_phantom_slides(route, tmp_path, capsys):
     assert main(["finetune", "--features", str(feats), "--task", str(route / "table.csv"), "--splits",
                  str(route / "splits"), "--method", "hipt", "--out", str(out), "--epochs", "1", "--folds", "0",
                  "--fractions", "1.0", "--reference-accumulation", "--no-standardize", "--device", "cpu"]) == 0
-    # (raw region tokens are a method of their own in the records: hipt_raw)
-    records = pd.read_csv(fold_paths(out, "table", "hipt_raw", 1.0, 0)["results"])
+    records = pd.read_csv(fold_paths(out, "table", "hipt", 1.0, 0)["results"])
     assert set(records["split"]) >= {"train", "val"} and {"auc", "acc"} <= set(records["metric"])
 
     # a slide whose file is gone is named, and the command fails

@@ -422,4 +422,4 @@ def test_standardized_hipt_learns_from_nearly_constant_region_tokens(tmp_path):
     assert np.mean([r.metric("test", "auc") for r in std]) > 0.85
     raw = train_fold(cfg.replace(standardize=False, max_epochs=1), 0, write=False)
     assert raw.model.slide.region_norm is None
-    assert set(raw.records["method"]) == {"hipt_raw"} and set(std[0].records["method"]) == {"hipt"}
+    assert set(raw.records["method"]) == {"hipt"} and set(std[0].records["method"]) == {"hipt"}

@@ -30,7 +30,7 @@ import pandas as pd
 
 from hipt.io import atomic_write_text
 
-__all__ = ["Claim", "EFFECTS_NAME", "write_effects", "read_effects", "sweep_rows", "summarize_claims", "verdict",
+__all__ = ["Claim", "EFFECTS_NAME", "write_effects", "read_effects", "sweep_rows", "summarize_claims", "verdict", "claim_lines",
            "holds_share_text", "fmt"]
 
 #: file a chapter run writes its effects into (inside its ``results_dir``)
@@ -159,3 +159,35 @@ def verdict(share: float) -> str:
     if share > 0.0:
         return "mostly does not hold"
     return "does not hold on any seed combination"
+
+
+def claim_lines(claims: Sequence[Claim], effects: Mapping[str, float], sweep: pd.DataFrame | None = None,
+                spec: str = "+.2f") -> list[str]:
+    """One Markdown bullet per claim: this run's effect and whether it holds here, then the recorded
+    sweep's median, 10–90 % range and share (``sweep``: :func:`summarize_claims` rows, or None when no
+    sweep was recorded).  Claims whose effect this run did not measure are left out."""
+    lines = []
+    for c in claims:
+        v = effects.get(c.effect, float("nan"))
+        if v is None or not np.isfinite(v):
+            continue
+        here = "holds in this run" if c.holds(v) else "does **not** hold in this run"
+        line = f"- {c.text} ({c.condition}): {fmt(v, spec)}, {here}"
+        rows = sweep[sweep["claim"] == c.name] if sweep is not None and len(sweep) else None
+        if rows is not None and len(rows):
+            parts = []
+            for _, r in rows.iterrows():
+                extra = [f"{k} {r[k]:g}" for k in r.index if k not in _SUMMARY_COLUMNS and k != "claim"
+                         and isinstance(r[k], (int, float)) and np.isfinite(r[k])]
+                label = f" ({', '.join(extra)})" if extra else ""
+                parts.append(f"recorded sweep{label}: median {fmt(r['median'], spec)} "
+                             f"(10–90 %: {fmt(r['p10'], spec)} to {fmt(r['p90'], spec)}), "
+                             f"{holds_share_text(int(r['holds']), int(r['seeds']))}: it {verdict(r['share'])}")
+            line += "; " + "; ".join(parts)
+        else:
+            line += "; no seeds sweep recorded, so this is one draw"
+        lines.append(line + ".")
+    return lines
+
+
+_SUMMARY_COLUMNS = ("claim", "condition", "seeds", "median", "p10", "p90", "min", "max", "holds", "share")

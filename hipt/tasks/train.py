@@ -350,12 +350,11 @@ def _frac_tag(fraction: float) -> str:
 
 def method_name(config: FinetuneConfig) -> str:
     """The method's name in the records: ``hipt_finetune``/``hipt_scratch`` for HIPT's ViT-4096 variants,
-    ``hipt_raw`` for frozen HIPT without standardized region tokens (the reference's head),
-    ``<method>_regions`` for a baseline that reads region tokens (``tokens="region"``)."""
+    ``<method>_regions`` for a baseline that reads region tokens (``tokens="region"``).  The input
+    normalization (``standardize``) applies to every method alike, so it does not rename one: runs with
+    and without it belong in different results folders."""
     if config.method == "hipt" and config.hipt_local != "frozen":
         return f"hipt_{config.hipt_local}"
-    if config.method == "hipt" and not config.standardize:
-        return "hipt_raw"
     if config.tokens == "region" and config.method not in ("hipt", "hipt_gp"):
         return f"{config.method}_regions"
     return config.method
