@@ -35,7 +35,8 @@ SYNC = _load_sync_tool()
 PAGES = SYNC.toc_files(ROOT)
 CHAPTERS = [p for p in PAGES if re.match(r"\d\d_", p.name)]
 # my own notebook pages: executed in the build, with parameters and a Colab badge
-CODE_APPENDICES = [ROOT / "book" / "appendix_reproducing.md", ROOT / "book" / "appendix_performance.md"]
+CODE_APPENDICES = [ROOT / "book" / "appendix_reproducing.md", ROOT / "book" / "appendix_performance.md",
+                   ROOT / "book" / "appendix_phantom_design.md"]
 NOTEBOOK_PAGES = CHAPTERS + CODE_APPENDICES + [ROOT / "book" / "intro.md"]
 
 

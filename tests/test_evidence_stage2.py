@@ -69,12 +69,12 @@ BOOK_GAINS = {"dino_vs_random": (0.003, -0.019, 0.024), "dino_vs_mean": (0.284, 
 
 def test_arrangement_findings_credit_dino_only_when_its_interval_says_so():
     book = arrangement_findings(BOOK_PROBE, BOOK_GAINS, 1.0, "sine-cosine")
-    assert "no effect of DINO" in book and "the architecture" in book and "adds to the network" not in book
+    assert "No effect of DINO" in book and "the architecture" in book and "adds to the network" not in book
     assert "better than a bag of patches" in book and "The arrangement is in the stage-1 grids" in book
 
     better = arrangement_findings({**BOOK_PROBE, "dino": 0.85}, {**BOOK_GAINS, "dino_vs_random": (0.1, 0.05, 0.15)},
                                   1.0, "sine-cosine")
-    assert "DINO stage 2 adds to the network it started from" in better and "no effect of DINO" not in better
+    assert "DINO stage 2 adds to the network it started from" in better and "No effect of DINO" not in better
 
     worse = arrangement_findings(BOOK_PROBE, {**BOOK_GAINS, "dino_vs_random": (-0.1, -0.15, -0.05)}, 1.0, "x")
     assert "*removes*" in worse
@@ -121,3 +121,8 @@ def test_collapse_and_scale_findings_change_with_the_numbers():
     assert "raises the AUC by 0.160" in scale_findings(gpu) and "collapsed" in scale_findings(gpu)
     flat = gpu.assign(AUC=[0.503, 0.78, 0.576, 0.782])
     assert "leaves the AUC unchanged" in scale_findings(flat)
+
+
+def test_arrangement_findings_without_a_ceiling():
+    text = arrangement_findings(BOOK_PROBE, BOOK_GAINS, None, "sine-cosine", metric="KNN balanced accuracy")
+    assert "adjacency" not in text and "ceiling" not in text and text.startswith("- KNN balanced accuracy")

@@ -133,7 +133,7 @@ def grouped_bootstrap_gain(y: np.ndarray, groups: np.ndarray, new: np.ndarray, b
 # ------------------------------------------------------------------------------------------ text
 def gain_text(g: Interval, spec: str = "+.3f") -> str:
     """``"+0.014 (95 % interval −0.020 to +0.048)"``."""
-    return f"{fmt(g[0], spec)} (95 % interval {fmt(g[1], spec)} to {fmt(g[2], spec)})"
+    return f"{fmt(g[0], spec)} (95 % interval {fmt(g[1], spec)} to {fmt(g[2], spec)})".replace("-", "−")
 
 
 def _sign(g: Interval) -> int:
@@ -143,43 +143,45 @@ def _sign(g: Interval) -> int:
     return 1 if g[1] > 0 else -1 if g[2] < 0 else 0
 
 
-def arrangement_findings(probe: Mapping[str, float], gains: Mapping[str, Interval], adjacency: float,
+def arrangement_findings(probe: Mapping[str, float], gains: Mapping[str, Interval], adjacency: float | None,
                          pos_embed: str, metric: str = "probe AUC") -> str:
     """The chapter's findings from this run.
 
     ``probe``: ``{"mean": .., "random": .., "dino": ..}`` (the metric of each representation);
     ``gains``: ``{"dino_vs_random": (g, lo, hi), "dino_vs_mean": .., "random_vs_mean": ..}`` (slide
-    bootstrap); ``adjacency``: the metric of the adjacency reader (the ceiling); ``pos_embed``: the
-    position embeddings the ViT4K starts from, in words.
+    bootstrap); ``adjacency``: the metric of the adjacency reader (the ceiling; None: not measured
+    with this metric); ``pos_embed``: the position embeddings the ViT4K starts from, in words.
     """
     lines = [f"- {metric}: mean pooling {probe['mean']:.3f}, ViT4K at initialization {probe['random']:.3f}, "
-             f"ViT4K after DINO stage 2 {probe['dino']:.3f}; adjacency counts of the stage-1 tokens "
-             f"{adjacency:.3f}."]
-    if adjacency >= 0.9:
+             f"ViT4K after DINO stage 2 {probe['dino']:.3f}"
+             + (f"; adjacency counts of the stage-1 tokens {adjacency:.3f}." if adjacency is not None else ".")]
+    if adjacency is None:
+        pass
+    elif adjacency >= 0.9:
         lines.append("- The arrangement is in the stage-1 grids: counting which token type touches which "
                      "recovers it almost perfectly.")
     else:
         lines.append(f"- Even the adjacency counts read the arrangement only with {adjacency:.2f}: the stage-1 "
                      "grids hold little of it here, so no region encoder can do much better.")
     s_dm, s_dr, s_rm = (_sign(gains[k]) for k in ("dino_vs_mean", "dino_vs_random", "random_vs_mean"))
-    lines.append("- DINO region token − mean pooling: " + gain_text(gains["dino_vs_mean"]) + ": "
-                 + {1: "the region token reads the arrangement better than a bag of patches.",
-                    0: "the two cannot be told apart on this cohort.",
-                    -1: "the region token reads it *worse* than a bag of patches."}[s_dm])
+    lines.append("- DINO region token − mean pooling: " + gain_text(gains["dino_vs_mean"]) + ". "
+                 + {1: "The region token reads the arrangement better than a bag of patches.",
+                    0: "The two cannot be told apart on this cohort.",
+                    -1: "The region token reads it *worse* than a bag of patches."}[s_dm])
     if s_dr > 0:
         tail = "DINO stage 2 adds to the network it started from."
     elif s_dr < 0:
         tail = "DINO stage 2 *removes* part of what the network read at initialization."
     elif s_rm > 0:
-        tail = (f"no effect of DINO that this cohort can detect: the network at initialization, with its {pos_embed} "
-                "position embeddings, already reads the arrangement better than mean pooling "
-                f"({gain_text(gains['random_vs_mean'])}). What reads it here is the architecture, "
+        tail = (f"No effect of DINO that this cohort can detect. The network at initialization, with its {pos_embed} "
+                "position embeddings, already reads the arrangement better than mean pooling, by "
+                f"{gain_text(gains['random_vs_mean'])}: what reads it here is the architecture, "
                 "not what stage 2 learned.")
     else:
-        tail = "no effect of DINO that this cohort can detect."
+        tail = "No effect of DINO that this cohort can detect."
     lines.append("- DINO region token − the same ViT4K at initialization: " + gain_text(gains["dino_vs_random"])
-                 + ": " + tail)
-    if adjacency >= 0.9 and probe["dino"] < adjacency - 0.15:
+                 + ". " + tail)
+    if adjacency is not None and adjacency >= 0.9 and probe["dino"] < adjacency - 0.15:
         lines.append(f"- The region token stays {adjacency - probe['dino']:.2f} below the ceiling: it keeps only part "
                      "of what the grid holds.")
     return "\n".join(lines)
