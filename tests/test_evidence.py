@@ -75,7 +75,8 @@ def test_context_findings_follow_the_numbers():
     assert "does not come from the region encoder" in no_vit
     assert "leaks" in leak and "leaks" not in win
     # the probe sentence turns with the probe
-    assert "do carry the arrangement" in tie
+    assert "do carry the arrangement" in tie and "agrees" in win
+    assert "carry part of" in context_findings(_effects(0.3, p4k=0.69, pmean=0.44))
     assert "does not single out" in context_findings(_effects(0.02, p4k=0.55, pmean=0.5))
 
 

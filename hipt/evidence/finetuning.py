@@ -101,14 +101,15 @@ def context_findings(effects: Mapping[str, float], sweep: pd.DataFrame | None = 
                      "patches: either chance on a small test set or a bag-level signal the generator leaks "
                      "(see the leak check above).")
     if np.isfinite(p4k) and np.isfinite(pmean):
-        if p4k >= 0.7 and p4k - pmean >= 0.1:
+        if p4k >= 0.6 and p4k - pmean >= 0.1:
+            how = "carry" if p4k >= 0.8 else "carry part of"
             if np.isfinite(gap) and gap <= 0.1:
-                lines.append(f"The region tokens do carry the arrangement (probe {fmt(p4k, '.2f')} against "
+                lines.append(f"The region tokens do {how} the arrangement (probe {fmt(p4k, '.2f')} against "
                              f"{fmt(pmean, '.2f')} for the mean patch token): the limit is the slide-level learning "
-                             "from a few dozen labelled slides, not the region encoder.")
+                             "from a few dozen labelled slides, not only the region encoder.")
             else:
-                lines.append(f"The region probe agrees: the region token reads the arrangement with AUC "
-                             f"{fmt(p4k, '.2f')}, the mean patch token with {fmt(pmean, '.2f')}.")
+                lines.append(f"The region probe agrees: the region tokens {how} the arrangement (probe "
+                             f"{fmt(p4k, '.2f')}, against {fmt(pmean, '.2f')} for the mean patch token).")
         else:
             lines.append(f"The region probe does not single out the region token (probe {fmt(p4k, '.2f')} against "
                          f"{fmt(pmean, '.2f')} for the mean patch token).")
