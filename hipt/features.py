@@ -885,3 +885,83 @@ def run(args: argparse.Namespace) -> int:
     print(f"hipt extract{f' [rank {rank}/{world}]' if world > 1 else ''}: {n_ok} extracted, {n_skip} already done, "
           f"{len(failed)} failed -> {args.out}", file=sys.stderr)
     return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------------- expectations
+#: Regions of 4096 px per TCGA slide on average (~110,000 regions over ~2,800 slides).
+TCGA_REGIONS_PER_SLIDE = 39
+
+
+def _row_rate(record: dict | None, key: str, match) -> float | None:
+    if not record:
+        return None
+    rates = [r.get(key) for r in record.get("rows", []) if match(r) and isinstance(r.get(key), (int, float))]
+    return max(rates) if rates else None
+
+
+def extraction_expectations(records: dict[str, dict | None],
+                            regions_per_slide: float = TCGA_REGIONS_PER_SLIDE) -> tuple[list[dict], str]:
+    """What one slide costs to extract, from benchmark records: ``(rows, text)``.
+
+    ``records``: ``hipt.reproduce.read_benchmark_result`` of ``extraction`` (this CPU: reader supply),
+    ``region_encoder`` (CPU encoder, ViT-S/16 + ViT-XS, on 1024-px regions: scaled ×16 to 4096 px, the
+    patch count), ``gpu_region_encoder`` (a GPU's encoder alone on random tensors) and
+    ``extraction_gpu`` (a GPU end to end); any may be None.  Each row says how its number was obtained
+    (``measured``, ``scaled``, or ``not measured``); the text compares reading and encoding where both
+    were measured on the same machine, and says which limits.
+    """
+    rows: list[dict] = []
+    sentences: list[str] = []
+    cpu = records.get("extraction")
+    serial = _row_rate(cpu, "regions/s", lambda r: r.get("what") == "reader alone, serial"
+                       and str(r.get("slide", "")).startswith("phantom"))
+    parallel = _row_rate(cpu, "regions/s", lambda r: str(r.get("what", "")).startswith("reader alone")
+                         and r.get("workers") and str(r.get("slide", "")).startswith("phantom"))
+    enc = records.get("region_encoder")
+    enc1024 = _row_rate(enc, "regions/s", lambda r: "bf16" in str(r.get("variant", "")) or "fp32" in str(r.get("variant", "")))
+    scale = 16 if enc and "1024-px" in enc.get("title", "") else 1
+    cpu_enc = enc1024 / scale if enc1024 else None
+    if cpu_enc:
+        minutes = regions_per_slide / cpu_enc / 60
+        rows.append({"machine": enc["machine"], "step": "encode (ViT-S/16 + ViT-XS, best of fp32/bf16)",
+                     "regions/s": round(cpu_enc, 4), "per slide": f"{minutes:.0f} min",
+                     "how": "measured on 1024-px regions, scaled x16 to 4096 px" if scale > 1 else "measured"})
+    if parallel or serial:
+        rate = parallel or serial
+        rows.append({"machine": cpu["machine"], "step": "read and decode (parallel reader)" if parallel else "read (serial)",
+                     "regions/s": round(rate, 3), "per slide": f"{regions_per_slide / rate:.0f} s", "how": "measured"})
+    if cpu_enc and (parallel or serial):
+        rate = parallel or serial
+        if cpu_enc < rate:
+            sentences.append(f"On this CPU the encoder limits: {regions_per_slide / cpu_enc / 60:.0f} min of encoding "
+                             f"per slide against {regions_per_slide / rate:.0f} s of reading, which the parallel "
+                             "reader hides behind it.")
+        else:
+            sentences.append(f"On this CPU reading limits ({regions_per_slide / rate:.0f} s per slide against "
+                             f"{regions_per_slide / cpu_enc:.0f} s of encoding).")
+    rows.append({"machine": "Colab T4", "step": "end to end", "regions/s": None, "per slide": "–",
+                 "how": "not measured"})
+    g = records.get("extraction_gpu")
+    g_e2e = _row_rate(g, "regions/s", lambda r: str(r.get("what", "")).startswith("end to end"))
+    g_read = _row_rate(g, "regions/s", lambda r: str(r.get("what", "")).startswith("reader alone"))
+    if g_e2e:
+        rows.append({"machine": g["machine"], "step": "end to end (bf16, parallel reader)", "regions/s": round(g_e2e, 2),
+                     "per slide": f"{regions_per_slide / g_e2e:.1f} s", "how": "measured"})
+        if g_read:
+            limited = "reading" if g_e2e >= 0.8 * g_read else "not reading alone"
+            sentences.append(f"On {g['hardware'].get('gpu') or 'the GPU'} end to end ran at {g_e2e / g_read:.0%} of what "
+                             f"the readers alone supplied ({g_read:.1f} regions/s): {limited} set the pace.")
+    else:
+        ge = records.get("gpu_region_encoder")
+        g_enc = _row_rate(ge, "regions/s", lambda r: "bf16" in str(r.get("variant", "")))
+        gpu_name = (ge or {}).get("hardware", {}).get("gpu") or "a GPU"
+        if g_enc:
+            rows.append({"machine": gpu_name, "step": "encode only (bf16, random tensors already on the GPU)",
+                         "regions/s": round(g_enc, 1), "per slide": f"{regions_per_slide / g_enc:.1f} s",
+                         "how": f"measured on {gpu_name}, no reading; H100 end to end not measured"})
+            if serial:
+                cores = g_enc / serial
+                sentences.append(f"The {gpu_name} figure leaves out reading: at the {serial:.2f} regions/s one core "
+                                 f"decodes here, about {cores:.0f} cores would have to read in parallel to keep up "
+                                 "with that encoder (an estimate, not a measurement).")
+    return rows, " ".join(sentences)

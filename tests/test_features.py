@@ -212,3 +212,37 @@ def test_cli_extract_128px_patches(cohort, tmp_path, capsys):
     with torch.no_grad():
         ref = enc(torch.zeros(1, 3, 256, 256, dtype=torch.uint8))
     assert ref.patches.shape == (1, 4, 192)
+
+
+def _records(cpu_enc_1024: float, serial: float, parallel: float, gpu_e2e: float | None = None,
+             gpu_read: float | None = None) -> dict:
+    cpu = {"machine": "test CPU", "hardware": {"gpu": None}, "rows": [
+        {"slide": "phantom x", "what": "reader alone, serial", "workers": 0, "regions/s": serial},
+        {"slide": "phantom x", "what": "reader alone, thread x2", "workers": 2, "regions/s": parallel}]}
+    enc = {"machine": "test CPU", "title": "Region encoder throughput, 1024-px regions (ViT-S/16 + ViT-XS)",
+           "rows": [{"variant": "HIPT4K bf16, 2 region(s) per call", "regions/s": cpu_enc_1024}]}
+    genc = {"machine": "GPU box", "hardware": {"gpu": "NVIDIA H200"},
+            "rows": [{"variant": "HIPT4K bf16, 4 region(s) per call", "regions/s": 50.0}]}
+    recs = {"extraction": cpu, "region_encoder": enc, "gpu_region_encoder": genc, "extraction_gpu": None}
+    if gpu_e2e is not None:
+        recs["extraction_gpu"] = {"machine": "GPU box", "hardware": {"gpu": "NVIDIA H100"}, "rows": [
+            {"what": "reader alone: thread x16", "regions/s": gpu_read},
+            {"what": "end to end: thread x16, bf16", "regions/s": gpu_e2e}]}
+    return recs
+
+
+def test_extraction_expectations_follow_the_numbers():
+    from hipt.features import extraction_expectations
+
+    rows, text = extraction_expectations(_records(0.15, 1.0, 1.8))
+    assert "the encoder limits" in text and "not measured" in [r["how"] for r in rows if r["machine"] == "Colab T4"][0]
+    enc_row = next(r for r in rows if r["step"].startswith("encode (ViT-S"))
+    assert enc_row["regions/s"] == round(0.15 / 16, 4) and "scaled x16" in enc_row["how"]
+    assert "about 50 cores" in text  # the H200 encoder (50 regions/s) over one core's 1.0 regions/s
+    # contradicting numbers: an encoder faster than reading, a measured GPU run that falls short of its readers
+    rows, text = extraction_expectations(_records(500.0, 1.0, 1.8, gpu_e2e=10.0, gpu_read=20.0))
+    assert "reading limits" in text and "the encoder limits" not in text
+    assert "50% of what the readers alone supplied" in text and "not reading alone set the pace" in text
+    assert any(r["how"] == "measured" and r["machine"] == "GPU box" for r in rows)
+    _, text = extraction_expectations(_records(500.0, 1.0, 1.8, gpu_e2e=19.0, gpu_read=20.0))
+    assert "95%" in text and ": reading set the pace" in text
