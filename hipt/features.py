@@ -965,3 +965,37 @@ def extraction_expectations(records: dict[str, dict | None],
                                  f"decodes here, about {cores:.0f} cores would have to read in parallel to keep up "
                                  "with that encoder (an estimate, not a measurement).")
     return rows, " ".join(sentences)
+
+
+def extraction_verdicts(cpu: dict | None, gpu: dict | None) -> str:
+    """The extraction targets of issue 19 against benchmark records (``extraction``, ``extraction_gpu``), as
+    Markdown: each target with its measured value, the machine, and met / not met."""
+    lines: list[str] = []
+    if cpu:
+        ratio = _row_rate(cpu, "vs serial (median of rounds)", lambda r: str(r.get("what", "")).startswith("reader alone")
+                          and r.get("workers") and str(r.get("slide", "")).startswith("phantom"))
+        if ratio is not None:
+            met = "met" if ratio >= 1.6 else "not met"
+            lines.append(f"- Parallel reader against the serial one on {cpu['machine']} ({cpu['date'][:10]}): "
+                         f"{ratio:.2f}× (target ≥ 1.6×: {met}).")
+            busy = _row_rate(cpu, "cores busy", lambda r: str(r.get("what", "")).startswith("reader alone")
+                             and r.get("workers") and str(r.get("slide", "")).startswith("phantom"))
+            cores = (cpu.get("hardware") or {}).get("cpu_count")
+            if busy is not None and cores and busy < 0.8 * min(cores, 2):
+                lines.append(f"  The parallel readers kept only {busy:.2f} cores busy out of {cores}: other jobs held "
+                             "the CPUs during this run, so the ratio measures the share the benchmark got, not the "
+                             "reader's parallelism.")
+    else:
+        lines.append("- Parallel reader against the serial one: no CPU record yet (`benchmarks/bench_extraction.py --save`).")
+    if gpu:
+        notes = gpu.get("notes") or ""
+        for key in ("encoder >= 0.5 of bf16 peak", "end to end >= 0.8 of reader supply", "end to end >= 30x reference loop"):
+            i = notes.find(key + ":")
+            if i >= 0:
+                value = notes[i + len(key) + 1:].split(";")[0].strip()
+                lines.append(f"- {key} on {gpu['machine']} ({gpu['date'][:10]}): {value}.")
+    else:
+        lines.append("- GPU targets (encoder ≥ 0.5 of the bf16 matmul peak; end to end ≥ 0.8 of reader supply and ≥ 30× "
+                     "the reference-style loop): not measured yet; the prepared one-call check is "
+                     "`benchmarks/gpu_extraction.py`.")
+    return "\n".join(lines)

@@ -246,3 +246,21 @@ def test_extraction_expectations_follow_the_numbers():
     assert any(r["how"] == "measured" and r["machine"] == "GPU box" for r in rows)
     _, text = extraction_expectations(_records(500.0, 1.0, 1.8, gpu_e2e=19.0, gpu_read=20.0))
     assert "95%" in text and ": reading set the pace" in text
+
+
+def test_extraction_verdicts_follow_the_numbers():
+    from hipt.features import extraction_verdicts
+
+    def cpu(ratio, busy):
+        return {"machine": "test CPU", "date": "2026-12-06T00:00:00", "hardware": {"cpu_count": 2},
+                "rows": [{"slide": "phantom x", "what": "reader alone, thread x2", "workers": 2,
+                          "vs serial (median of rounds)": ratio, "cores busy": busy}]}
+
+    text = extraction_verdicts(cpu(1.9, 1.9), None)
+    assert "1.90×" in text and ": met" in text and "other jobs" not in text and "not measured yet" in text
+    text = extraction_verdicts(cpu(1.05, 0.3), None)
+    assert "not met" in text and "other jobs held the CPUs" in text
+    gpu = {"machine": "H100 box", "date": "2026-12-07", "notes": "x; targets encoder >= 0.5 of bf16 peak: 0.41 FAIL; "
+           "end to end >= 0.8 of reader supply: 0.93 PASS; end to end >= 30x reference loop: 12.0 FAIL"}
+    text = extraction_verdicts(None, gpu)
+    assert "0.41 FAIL" in text and "0.93 PASS" in text and "12.0 FAIL" in text and "no CPU record" in text
