@@ -61,7 +61,7 @@ __all__ = [
     "COHORT_STAIN_JITTER", "COHORT_JPEG_SUBSAMPLING", "COHORT_VERSION",
     "COHORT_KINDS", "render_patch", "phantom_patches", "TextureBank", "texture_bank",
     "PhantomTruth", "PhantomSlide", "make_slide", "load_truth", "truth_path", "random_layout",
-    "context_region", "context_counts", "composition_region", "touches", "tile_regions", "Cohort", "make_cohort",
+    "context_region", "context_counts", "composition_region", "cohort_truths", "touches", "tile_regions", "Cohort", "make_cohort",
     "cohort_dir", "COMPOSITION_CLASSES", "CONTEXT_CLASSES", "SURVIVAL_CLASSES",
     "add_arguments", "run",
 ]
@@ -725,6 +725,26 @@ def _level_downsamples(width: int, height: int, factor: int, min_size: int) -> l
     return ds
 
 
+def _slide_truth(layout: np.ndarray, rng: np.random.Generator, seed: int, mpp: float, cell: int,
+                 bank_seed: int | None, n_variants: int, stain_jitter: float, regions: np.ndarray | None,
+                 informative: np.ndarray | None, meta: dict | None) -> PhantomTruth:
+    """The truth of a slide: the layout plus the per-cell bank variants and transforms and the stain
+    jitter, drawn from ``rng`` (``_rng(seed, 0x511D)``), i.e. independently of the layout."""
+    truth = PhantomTruth(
+        layout=layout.astype(np.int8), mpp=float(mpp), cell=int(cell), seed=int(seed),
+        bank_seed=int(seed if bank_seed is None else bank_seed), n_variants=int(n_variants),
+        variant=rng.integers(0, n_variants, layout.shape).astype(np.int64),
+        transform=rng.integers(0, 8, layout.shape).astype(np.int64),
+        stain=np.clip(1 + rng.normal(0, stain_jitter, 3), 0.7, 1.3).astype(np.float32),
+        regions=np.zeros((0, 4), np.int64) if regions is None else np.asarray(regions, np.int64).reshape(-1, 4),
+        informative=np.zeros(0, bool) if informative is None else np.asarray(informative, bool),
+        meta=dict(meta or {}),
+    )
+    if len(truth.informative) != len(truth.regions):
+        raise HIPTError("make_slide: informative needs one flag per region")
+    return truth
+
+
 def make_slide(
     path: str | Path,
     layout: np.ndarray | None = None,
@@ -799,18 +819,7 @@ def make_slide(
         raise HIPTError(f"make_slide: layout must be a non-empty 2-D array of tissue codes, got shape {layout.shape}")
     if layout.min() < 0 or layout.max() >= len(TISSUES):
         raise HIPTError(f"make_slide: layout codes must be in 0..{len(TISSUES) - 1}")
-    truth = PhantomTruth(
-        layout=layout.astype(np.int8), mpp=float(mpp), cell=int(cell), seed=int(seed),
-        bank_seed=int(seed if bank_seed is None else bank_seed), n_variants=int(n_variants),
-        variant=rng.integers(0, n_variants, layout.shape).astype(np.int64),
-        transform=rng.integers(0, 8, layout.shape).astype(np.int64),
-        stain=np.clip(1 + rng.normal(0, stain_jitter, 3), 0.7, 1.3).astype(np.float32),
-        regions=np.zeros((0, 4), np.int64) if regions is None else np.asarray(regions, np.int64).reshape(-1, 4),
-        informative=np.zeros(0, bool) if informative is None else np.asarray(informative, bool),
-        meta=dict(meta or {}),
-    )
-    if len(truth.informative) != len(truth.regions):
-        raise HIPTError("make_slide: informative needs one flag per region")
+    truth = _slide_truth(layout, rng, seed, mpp, cell, bank_seed, n_variants, stain_jitter, regions, informative, meta)
     comp = _Composer(truth)
     width, height = truth.size
     downsamples = _level_downsamples(width, height, pyramid_factor, min_level_size)
@@ -1189,6 +1198,27 @@ def _cohort_plan(kind: str, n_slides: int, regions_per_slide: int, grid: int, se
     else:
         raise HIPTError(f"unknown cohort kind {kind!r}; one of {', '.join(COHORT_KINDS)}")
     return plans
+
+
+def cohort_truths(kind: str, n_slides: int = 32, regions_per_slide: int = 4, region_size: int = 2048,
+                  patch_size: int = 256, seed: int = 0, *, n_variants: int = 8,
+                  stain_jitter: float | None = None) -> list[PhantomTruth]:
+    """The ground truths :func:`make_cohort` gives its slides (same arguments), without rendering or
+    writing a slide: cheap (layouts and per-cell draws only), for checks over many cohort seeds.
+
+    Each truth's ``meta`` holds ``kind``, ``label``, ``label_name`` and ``index``.
+    """
+    if kind not in COHORT_KINDS:
+        raise HIPTError(f"unknown cohort kind {kind!r}; one of {', '.join(COHORT_KINDS)}")
+    sj = _cohort_stain_jitter(kind, stain_jitter)
+    truths = []
+    for i, plan in enumerate(_cohort_plan(kind, n_slides, regions_per_slide, region_size // patch_size, seed)):
+        layout, boxes = tile_regions(plan["regions"])
+        slide_seed = int(_rng(seed, i, 0x5EED).integers(2**31))
+        meta = dict(kind=kind, label=plan["label"], label_name=plan["label_name"], index=i)
+        truths.append(_slide_truth(layout, _rng(slide_seed, 0x511D), slide_seed, MPP, patch_size, seed, n_variants,
+                                   sj, boxes * patch_size, np.asarray(plan["informative"]), meta))
+    return truths
 
 
 def make_cohort(
