@@ -32,6 +32,8 @@ FINETUNING_CLAIMS: list[Claim] = [
           "On context, HIPT beats its ablation without the ViT-4K, `hipt_n` (AUC difference)"),
     Claim("bag_near_chance", CHAPTER, "ctx_auc_bag_best", "<", NEAR_CHANCE,
           "On context, the better bag-of-patches model stays near chance (its AUC)"),
+    Claim("no_bag_leak", CHAPTER, "ctx_token_signal_p", ">", 0.05,
+          "On context, the mean patch token of a slide carries no label signal beyond chance (permutation p-value)"),
     Claim("probe_gap", CHAPTER, "probe_gap_4k_vs_mean", ">", 0.0,
           "The ViT-4K region token reads the arrangement better than the mean of patch tokens "
           "(region-probe AUC difference)"),
@@ -43,17 +45,21 @@ def _get(d: Mapping[str, float], k: str) -> float:
     return float("nan") if v is None else float(v)
 
 
-def finetuning_effects(auc: Mapping[str, Mapping[str, float]], probe: Mapping[str, float] | None = None
-                       ) -> dict[str, float]:
+def finetuning_effects(auc: Mapping[str, Mapping[str, float]], probe: Mapping[str, float] | None = None,
+                       leak: Mapping[str, float] | None = None) -> dict[str, float]:
     """The chapter's effects from ``auc[task][method]`` (mean test AUC over folds, tasks named
-    ``phantom_<cohort>``) and the context region probe (``{"ViT-4K region token": auc, "mean of patch
-    tokens": auc, ...}``).  Effects of cohorts or methods that were not run are NaN."""
+    ``phantom_<cohort>``), the context region probe (``{"ViT-4K region token": auc, "mean of patch
+    tokens": auc, ...}``) and the label signal of the context slides' mean patch tokens
+    (:func:`hipt.phantom_checks.label_signal`: ``{"auc", "p_value", ...}``).  Effects of cohorts or
+    methods that were not run are NaN."""
     comp = [v for t in ("phantom_composition2", "phantom_composition3") for v in auc.get(t, {}).values()]
     ctx = auc.get("phantom_context", {})
     bag = [ctx[m] for m in ("mean", "abmil") if m in ctx]
     best_bag = max(bag) if bag else float("nan")
-    probe = probe or {}
+    probe, leak = probe or {}, leak or {}
     out = {
+        "ctx_token_signal_auc": _get(leak, "auc"),
+        "ctx_token_signal_p": _get(leak, "p_value"),
         "comp_min_auc": min(comp) if comp else float("nan"),
         "ctx_auc_hipt": _get(ctx, "hipt"),
         "ctx_auc_hipt_n": _get(ctx, "hipt_n"),
