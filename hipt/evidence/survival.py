@@ -169,9 +169,9 @@ def chance_findings(cindex: Mapping[str, float], null: pd.DataFrame | None, band
             h = float(np.mean(list(heldout_sd.values())))
             ratio = sd / h if h > 0 else float("nan")
             lines.append(f"- Their spread (sd {sd:.3f}) "
-                         + (f"matches that of the held-out permutations of the fully trained models (sd {h:.3f}): "
-                            "shorter training on shuffled outcomes does not change the chance distribution, as "
-                            "argued." if 2 / 3 <= ratio <= 1.5 else
+                         + (f"is close to that of the held-out permutations of the fully trained models (sd {h:.3f}, "
+                            "ratio within 2/3 to 3/2): consistent with the argument that shorter training on "
+                            "shuffled outcomes leaves the chance distribution as it is." if 2 / 3 <= ratio <= 1.5 else
                             f"differs from that of the held-out permutations of the fully trained models (sd {h:.3f}, "
                             "ratio outside 2/3 to 3/2): the shortened reruns are not a faithful chance level here; "
                             "raise null_epochs."))
