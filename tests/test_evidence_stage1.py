@@ -70,7 +70,7 @@ def _seed(seed, test, gain, low, high):
 
 def test_seeds_findings_count_the_seeds():
     agree = [_seed(0, MAIN_TEST, 0.05, 0.01, 0.09), _seed(1, MAIN_TEST, 0.06, 0.02, 0.10)]
-    assert "above 0 for all 2 training seeds" in seeds_findings(agree)
+    assert "above 0 for both training seeds" in seeds_findings(agree)
     split = [_seed(0, MAIN_TEST, 0.05, 0.01, 0.09), _seed(1, MAIN_TEST, 0.0, -0.03, 0.03)]
     text = seeds_findings(split)
     assert "above 0 for 1 of the 2" in text and "depends on the training run" in text
@@ -98,3 +98,15 @@ def test_colour_statistics_against_dino_under_jitter():
     rows = _rows()  # DINO 0.78 under the jitter
     assert "at least as many as the DINO network" in knn_findings(rows, colour={JITTER_TEST: 0.79})
     assert "at least as many" not in knn_findings(rows, colour={JITTER_TEST: 0.60})
+
+
+def test_tables_round_as_the_text_prints():
+    from hipt.evidence.stage1 import seeds_table
+
+    row = _row(JITTER_TEST, 0.6675, 0.745, 0.0775, 0.0425, 0.1125)
+    table = gain_table([row])
+    text = knn_findings([row])
+    assert f"{table.loc[JITTER_TEST, 'DINO − random init']:+.3f}" in text
+    assert f"{table.loc[JITTER_TEST, '95 % low']:+.3f}" in text
+    rec = seeds_table([{"train_seed": 1, "acc_colour": 0.7875, **row}])
+    assert rec.loc[(1, JITTER_TEST), "colour statistics"] == float(format(0.7875, ".3f"))

@@ -24,7 +24,7 @@ import pandas as pd
 from hipt.evidence import fmt
 
 __all__ = ["CHAPTER", "SATURATED", "MAIN_TEST", "JITTER_TEST", "SAME_TEST", "gain_verdict", "gain_table",
-           "knn_findings", "seeds_findings", "seed_rows", "record_agreement"]
+           "seeds_table", "knn_findings", "seeds_findings", "seed_rows", "record_agreement"]
 
 CHAPTER = "03_dino_stage1"
 #: an accuracy at or above this leaves no room to show a gain (a test "any representation passes")
@@ -50,13 +50,29 @@ def gain_verdict(row: Mapping) -> str:
     return {1: "above random init", -1: "below random init", 0: "not distinguishable from 0"}[_sign(row)]
 
 
+def _r(x: float, digits: int = 3) -> float:
+    """Rounded as the sentences print it (``format``), so a table and its text show the same digits."""
+    return float(format(x, f".{digits}f")) if x is not None and np.isfinite(x) else float("nan")
+
+
+def _table_row(r: Mapping, colour: float | None = None) -> dict:
+    return {**({"colour statistics": _r(colour)} if colour is not None else {}),
+            "random init": _r(r["acc_base"]), "DINO": _r(r["acc_new"]), "DINO − random init": _r(r["gain"]),
+            "95 % low": _r(r["low"]), "95 % high": _r(r["high"]), "verdict": gain_verdict(r)}
+
+
 def gain_table(rows: Sequence[Mapping], colour: Mapping[str, float] | None = None) -> pd.DataFrame:
     """The chapter's table (one row per test set): the accuracies (``colour``: test → accuracy of the
-    colour-statistics KNN, a column when given), the gain with its interval, and :func:`gain_verdict`."""
-    return pd.DataFrame([{"test": r["test"], **({"colour statistics": colour[r["test"]]} if colour else {}),
-                          "random init": r["acc_base"], "DINO": r["acc_new"], "DINO − random init": r["gain"],
-                          "95 % low": r["low"], "95 % high": r["high"], "verdict": gain_verdict(r)}
+    colour-statistics KNN, a column when given), the gain with its interval, and :func:`gain_verdict`,
+    rounded to 3 digits as the findings print them."""
+    return pd.DataFrame([{"test": r["test"], **_table_row(r, colour[r["test"]] if colour else None)}
                          for r in rows]).set_index("test")
+
+
+def seeds_table(record_rows: Sequence[Mapping]) -> pd.DataFrame:
+    """A ``stage1_seeds`` record as a table indexed by (training seed, test), as :func:`gain_table`."""
+    return pd.DataFrame([{"training seed": r["train_seed"], "test": r["test"], **_table_row(r, r.get("acc_colour"))}
+                         for r in record_rows]).set_index(["training seed", "test"])
 
 
 def _by_test(rows: Sequence[Mapping]) -> dict[str, Mapping]:
@@ -155,14 +171,15 @@ def seeds_findings(record_rows: Sequence[Mapping], tests: Sequence[str] = (MAIN_
             continue
         signs = [_sign(r) for r in rows]
         n, up, down = len(signs), signs.count(1), signs.count(-1)
-        gains = ", ".join(f"seed {r['train_seed']}: {fmt(r['gain'], '+.3f')}" for r in rows)
+        gains = ", ".join(f"{fmt(r['gain'], '+.3f')} (training seed {r['train_seed']})" for r in rows)
+        every = "both" if n == 2 else f"all {n}"
         line = f"- {test}: DINO − random init {gains}. "
         if n == 1:
             line += "One training seed only: it says nothing about how the gain varies between runs."
         elif up == n:
-            line += f"The interval lies above 0 for all {n} training seeds: the gain is not an accident of one run."
+            line += f"The interval lies above 0 for {every} training seeds: the gain is not an accident of one run."
         elif down == n:
-            line += f"The interval lies below 0 for all {n} training seeds."
+            line += f"The interval lies below 0 for {every} training seeds."
         elif up == 0 and down == 0:
             line += f"No training seed of the {n} shows a gain whose interval excludes 0."
         else:
