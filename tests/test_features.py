@@ -217,7 +217,7 @@ def test_cli_extract_128px_patches(cohort, tmp_path, capsys):
 def _records(cpu_enc_1024: float, serial: float, parallel: float, gpu_e2e: float | None = None,
              gpu_read: float | None = None) -> dict:
     cpu = {"machine": "test CPU", "hardware": {"gpu": None}, "rows": [
-        {"slide": "phantom x", "what": "reader alone, serial", "workers": 0, "regions/s": serial},
+        {"slide": "phantom x", "what": "reader alone, serial", "workers": 0, "regions/s": serial, "cores busy": 0.5},
         {"slide": "phantom x", "what": "reader alone, thread x2", "workers": 2, "regions/s": parallel}]}
     enc = {"machine": "test CPU", "title": "Region encoder throughput, 1024-px regions (ViT-S/16 + ViT-XS)",
            "rows": [{"variant": "HIPT4K bf16, 2 region(s) per call", "regions/s": cpu_enc_1024}]}
@@ -238,7 +238,8 @@ def test_extraction_expectations_follow_the_numbers():
     assert "the encoder limits" in text and "not measured" in [r["how"] for r in rows if r["machine"] == "Colab T4"][0]
     enc_row = next(r for r in rows if r["step"].startswith("encode (ViT-S"))
     assert enc_row["regions/s"] == round(0.15 / 16, 4) and "scaled x16" in enc_row["how"]
-    assert "about 50 cores" in text  # the H200 encoder (50 regions/s) over one core's 1.0 regions/s
+    assert "about 25 cores" in text  # the H200 encoder (50 regions/s) over one busy core's 1.0 / 0.5 regions/s
+    assert any("other jobs held the CPUs" in r["how"] for r in rows)
     # contradicting numbers: an encoder faster than reading, a measured GPU run that falls short of its readers
     rows, text = extraction_expectations(_records(500.0, 1.0, 1.8, gpu_e2e=10.0, gpu_read=20.0))
     assert "reading limits" in text and "the encoder limits" not in text
