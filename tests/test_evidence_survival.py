@@ -75,7 +75,7 @@ def test_chance_findings_follow_the_numbers():
     assert "as the swap argument says it must be" in centred and "5 epochs each" in centred
     assert "is close to that of the held-out permutations" in centred
     assert "complement bias of pooling" in centred
-    assert "cannot be told from chance" in centred and "hipt below 0.5 is the scatter" in centred
+    assert "cannot be told from chance" in centred and "hipt below 0.5: the scatter" in centred
     assert "Below it" not in centred and "Above it" not in centred
 
     # contradicting numbers: shuffled reruns far below 0.5 and twice as spread as the held-out permutations,

@@ -213,7 +213,7 @@ def chance_findings(cindex: Mapping[str, float], null: pd.DataFrame | None, band
             low = [m for m in inside if cindex[m] < 0.5]
             lines.append(f"- Inside that band: {_names([f'{m} ({cindex[m]:.3f})' for m in inside])}: on this run "
                          f"{'it' if len(inside) == 1 else 'they'} cannot be told from chance"
-                         + (f"; {_names(low)} below 0.5 is the scatter of a chance ranking, not a bias." if low
+                         + (f"; {_names(low)} below 0.5: the scatter of a chance ranking, not a bias." if low
                             else "."))
         if below:
             lines.append(f"- Below it: {_names([f'{m} ({cindex[m]:.3f})' for m in below])}: worse than 95 % of chance "
