@@ -146,7 +146,7 @@ def test_cpu_defaults_are_unchanged(tmp_path, monkeypatch):
     monkeypatch.setenv("HIPT_CACHE", str(tmp_path / "cache"))
     assert make_config(1, "cpu-tiny", max_steps=None) == make_config(1, "cpu-tiny")
     assert model_dir(make_config(1, "cpu-tiny")).name == "stage1-cpu-47c16c9f76"
-    assert model_dir(make_config(2, "cpu-tiny")).name == "stage2-cpu-bf704069bb"
+    assert model_dir(make_config(2, "cpu-tiny")).name == "stage2-cpu-75724f8e04"  # survival cohort v2
     assert config_hash(make_config(1, "paper")) == "a9090ecdfe"
     monkeypatch.setattr(trainer, "time_step", lambda *a, **k: pytest.fail("estimated a progress-off run"))
     result = train(make_config(1, out_dir=str(tmp_path / "run"), **(TINY | {"max_steps": 1})), ArrayPatches(_images()))

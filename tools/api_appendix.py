@@ -23,7 +23,7 @@ PAGE = ROOT / "book" / "appendix_api.md"
 
 # reading order; modules not named here go to "Other modules"
 GROUPS = [
-    ("Slides and patching", ["hipt.slide", "hipt.tissue", "hipt.tiling", "hipt.phantom"]),
+    ("Slides and patching", ["hipt.slide", "hipt.tissue", "hipt.tiling", "hipt.phantom", "hipt.phantom_checks"]),
     ("Models", ["hipt.models", "hipt.models.vit", "hipt.models.hipt4k", "hipt.models.slide",
                 "hipt.models.weights", "hipt.models.mil"]),
     ("Feature extraction", ["hipt.features"]),
@@ -35,6 +35,9 @@ GROUPS = [
     ("Real TCGA from the released embeddings", ["hipt.released", "hipt.released.registry", "hipt.released.fetch",
                                                 "hipt.released.slide", "hipt.released.patch", "hipt.released.cli"]),
     ("Attention", ["hipt.attention", "hipt.heatmaps"]),
+    ("Evidence: claims over seeds and findings that follow the numbers",
+     ["hipt.evidence", "hipt.evidence.stage1", "hipt.evidence.stage2", "hipt.evidence.finetuning",
+      "hipt.evidence.survival"]),
     ("Reproduction, models zoo and plumbing", ["hipt.reproduce", "hipt.zoo", "hipt.cli", "hipt.io", "hipt.precision",
                                                "hipt.paths", "hipt.errors"]),
 ]

@@ -135,7 +135,7 @@ def raw_findings(raw: Mapping[str, float], standardized: Mapping[str, float], sp
     """Raw inputs for every method vs z-scored inputs for every method, on the context cohort.
 
     ``raw``/``standardized``: mean test AUC per method; ``spread``: the median over dimensions of the
-    region tokens' standard deviation / |mean|.
+    region tokens' standard deviation divided by their absolute mean.
     """
     lines = []
     diffs = {m: standardized[m] - raw[m] for m in raw if m in standardized}

@@ -63,6 +63,7 @@ __all__ = [
     "HIPTMIL",
     "HIPTGPMIL",
     "InstanceMIL",
+    "StandardizedInput",
     "HIPTNone",
     "MeanMIL",
     "ABMIL",

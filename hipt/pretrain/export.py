@@ -35,15 +35,21 @@ def model_dir(config: PretrainConfig, tag: str | None = None) -> Path:
     For stage 2 on the default phantom data the hash leaves out ``data`` (a cache path) and takes in
     what that data is made of instead: the stage-1 model of the same preset, whose features it trains
     on, and the ``hipt.zoo`` preset's region and patch sizes.  A new stage-1 model or a new cohort
-    geometry means a new stage-2 model, never a stale one.
+    geometry, or a new version of the phantom generator behind its cohort, means a new stage-2 model,
+    never a stale one.
     """
     key = config
     if config.stage == 2 and config.data == "phantom":
         from hipt import zoo
 
+        from hipt.phantom import COHORT_VERSION
+
         p = zoo.get_preset("paper" if config.preset == "paper" else "cpu")
+        cohort = p.stage2_cohort[0] if p.stage2_cohort else None
+        # the generator version of the cohort it trains on: a regenerated cohort means a new model
+        version = f":{cohort}-v{COHORT_VERSION[cohort]}" if cohort and COHORT_VERSION.get(cohort, 1) > 1 else ""
         key = config.replace(data=f"phantom:{model_dir(make_config(1, config.preset)).name}"
-                                  f":r{p.region_size}p{p.patch_size}")
+                                  f":r{p.region_size}p{p.patch_size}{version}")
     name = f"stage{config.stage}-{'paper' if config.preset == 'paper' else 'cpu'}" + (f"-{tag}" if tag else "")
     return cache_dir("models") / f"{name}-{config_hash(key)}"
 

@@ -60,6 +60,8 @@ __all__ = [
     "make_sampler",
     "train_fold",
     "run_cv",
+    "permutation_null",
+    "standardize_inputs",
     "phantom_task",
     "evaluate",
     "fold_paths",
