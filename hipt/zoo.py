@@ -71,15 +71,13 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # bf16 extraction: 1.6x the fp32 throughput of the tiny ViT256 on 2 CPU cores (126 vs 81 patches/s
-    # at 256 px). 128-px patches: the stage-1 model's pretraining size (chapter 3); the region keeps its
-    # 8x8 grid, and a cohort generates, patches and extracts 5.3x faster than with 256-px patches
-    # (benchmarks/bench_cpu_geometry.py: 11 vs 59 s for 16 slides; extraction 513 vs 87 patches/s).
+    # bf16 extraction and 128-px patches (the stage-1 model's pretraining size, chapter 3) keep a cohort's
+    # generation, patching and extraction within a chapter's CPU budget; the region keeps HIPT's 8x8-style
+    # grid of patches (measurements: benchmarks/results/cpu_geometry.json, the Performance appendix).
     "cpu": Preset("cpu", region_size=1024, patch_size=128, n_slides=48, regions_per_slide=4,
                   pretrain_preset="cpu-tiny", extract_dtype="bf16", batch_regions=2,
-                  # the context cohort carries the book's central question (and its noisy region
-                  # probes): it keeps 64 slides; the others use 48 (with 32, HIPT's composition3 AUC
-                  # fell to 0.78 ± 0.23 over 3 folds: ~19 training slides for 3 classes are too few)
+                  # the context cohort carries the book's central question and its region probes, which
+                  # need more slides per class than a composition task: 64 slides, the others 48
                   cohort_sizes=(("context", 64),),
                   stage2_cohort=("survival", 32)),
     # HIPT's geometry for the phantom evaluation cohorts; fp32 extraction (the reference's); no phantom
