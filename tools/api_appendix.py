@@ -36,7 +36,7 @@ GROUPS = [
                                                 "hipt.released.slide", "hipt.released.patch", "hipt.released.cli"]),
     ("Attention", ["hipt.attention", "hipt.heatmaps"]),
     ("Evidence: claims over seeds and findings that follow the numbers",
-     ["hipt.evidence", "hipt.evidence.stage1", "hipt.evidence.stage2", "hipt.evidence.finetuning",
+     ["hipt.evidence", "hipt.evidence.stage1", "hipt.evidence.stage2", "hipt.evidence.finetuning", "hipt.evidence.knn",
       "hipt.evidence.survival"]),
     ("Reproduction, models zoo and plumbing", ["hipt.reproduce", "hipt.zoo", "hipt.cli", "hipt.io", "hipt.precision",
                                                "hipt.paths", "hipt.errors"]),
