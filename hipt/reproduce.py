@@ -878,7 +878,10 @@ def run(args: argparse.Namespace) -> int:
                       + (f"MISSING: {result}" if isinstance(result, HIPTError) else f"ok, {result.summary()}"))
         print(f"{len(runs)} runs" + (f", {blocked} of them cannot start (MISSING above)" if blocked else ""))
         return 0
-    outcomes = reproduce(runs, out, force=args.force, kernel=args.kernel, timeout=args.timeout)
+    # the seeds sweep repeats the same tasks, methods and folds under other seeds: its records are not one
+    # table (they would collide); what it gathers is the effects record (--record)
+    outcomes = reproduce(runs, out, force=args.force, kernel=args.kernel, timeout=args.timeout,
+                         assemble=args.target != "seeds")
     if getattr(args, "record", False):
         command = " ".join(["hipt", "reproduce", *sys.argv[2:]]) if len(sys.argv) > 1 else "hipt reproduce seeds --record"
         print(f"record {record_sweep(out, command)}")
