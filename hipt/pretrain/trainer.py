@@ -166,6 +166,18 @@ class PretrainConfig:
         return 2 + self.local_crops_number
 
 
+#: The reference's DINO settings shared by both stages of the ``paper`` preset (main_dino / main_dino4k):
+#: head, temperatures, schedules, optimizer, precision.
+_PAPER_DINO: dict[str, Any] = dict(
+    out_dim=65536, head_hidden_dim=2048, head_bottleneck_dim=256, head_nlayers=3, norm_last_layer=True,
+    use_bn_in_head=False, pos_embed_init="trunc_normal", drop_path_rate=0.1,
+    batch_size_per_gpu=64, epochs=100, warmup_epochs=10, lr=5e-4, min_lr=1e-6,
+    weight_decay=0.04, weight_decay_end=0.4, momentum_teacher=0.996, warmup_teacher_temp=0.04,
+    teacher_temp=0.04, warmup_teacher_temp_epochs=0, student_temp=0.1, center_momentum=0.9,
+    clip_grad=3.0, clip_mode="param", freeze_last_layer=1, precision="fp16", seed=0,
+    checkpoint_every=2000, log_every=10,
+)
+
 #: Presets: the CPU book's tiny runs and the reference hyper-parameters (§4 of the reference notes).
 PRESETS: dict[str, dict[int, dict[str, Any]]] = {
     "cpu-tiny": {
@@ -209,24 +221,14 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
         1: dict(
             arch="vit256_small", patch_size=256, global_crop_size=224, local_crop_size=96, local_crops_number=8,
             global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4), normalization="imagenet",
-            out_dim=65536, head_hidden_dim=2048, head_bottleneck_dim=256, head_nlayers=3, norm_last_layer=True,
-            use_bn_in_head=False, pos_embed_init="trunc_normal", drop_path_rate=0.1,
-            batch_size_per_gpu=64, epochs=100, steps_per_epoch=4000, warmup_epochs=10, lr=5e-4, min_lr=1e-6,
-            weight_decay=0.04, weight_decay_end=0.4, momentum_teacher=0.996, warmup_teacher_temp=0.04,
-            teacher_temp=0.04, warmup_teacher_temp_epochs=0, student_temp=0.1, center_momentum=0.9,
-            clip_grad=3.0, clip_mode="param", freeze_last_layer=1, precision="fp16", seed=0,
-            checkpoint_every=2000, log_every=10, num_workers=10, out_dir="data/runs/pretrain_stage1_paper",
+            steps_per_epoch=4000, num_workers=10, out_dir="data/runs/pretrain_stage1_paper",
+            **_PAPER_DINO,
         ),
         2: dict(
             arch="vit4k_xs", input_embed_dim=384, patch_size=256, global_crop_size=14, local_crop_size=6,
             local_crops_number=8, grid_dropout=0.0,
-            out_dim=65536, head_hidden_dim=2048, head_bottleneck_dim=256, head_nlayers=3, norm_last_layer=True,
-            use_bn_in_head=False, pos_embed_init="trunc_normal", drop_path_rate=0.1,
-            batch_size_per_gpu=64, epochs=100, steps_per_epoch=2000, warmup_epochs=10, lr=5e-4, min_lr=1e-6,
-            weight_decay=0.04, weight_decay_end=0.4, momentum_teacher=0.996, warmup_teacher_temp=0.04,
-            teacher_temp=0.04, warmup_teacher_temp_epochs=0, student_temp=0.1, center_momentum=0.9,
-            clip_grad=3.0, clip_mode="param", freeze_last_layer=1, precision="fp16", seed=0,
-            checkpoint_every=2000, log_every=10, num_workers=4, out_dir="data/runs/pretrain_stage2_paper",
+            steps_per_epoch=2000, num_workers=4, out_dir="data/runs/pretrain_stage2_paper",
+            **_PAPER_DINO,
         ),
     },
 }

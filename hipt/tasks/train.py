@@ -419,8 +419,8 @@ def standardize_inputs(model: torch.nn.Module, config: FinetuneConfig, train: Ba
 
     if config.method == "hipt":
         if config.hipt_local == "frozen":
-            model.slide.standardize_regions(torch.cat([train.load(i)["feats4k"].float().reshape(
-                -1, train.load(i)["feats4k"].shape[-1]) for i in range(len(train))]))
+            tokens = [train.load(i)["feats4k"].float() for i in range(len(train))]  # each bag read once
+            model.slide.standardize_regions(torch.cat([t.reshape(-1, t.shape[-1]) for t in tokens]))
         return model
     key = "feats4k" if "feats4k" in train.keys else "feats256"
     norm = FeatureStandardizer.fit_batches(train.load(i)[key] for i in range(len(train)))
