@@ -348,12 +348,12 @@ FEATURE_CHAPTERS = {"06_finetuning": "subtype", "07_survival": "survival", "08_k
 def run_needs(run: Run) -> dict[str, Any] | None:
     """What a run reads before it can start, as :func:`hipt.tasks.preflight.check_task_inputs` arguments.
 
-    None for a run that reads no features: a chapter other than 6, 7 and 8, or their ``"cpu"`` preset
-    (the chapters' default; chapter 8 also runs its TCGA part when given ``features_dir``).
+    None for a run that reads no features: a chapter other than 6, 7 and 8, or their ``"cpu"`` and ``"gpu"``
+    presets (phantom cohorts; chapter 8 also runs its TCGA part when given ``features_dir``).
     """
     stem, p = run.chapter.stem, run.parameters
     kind = FEATURE_CHAPTERS.get(stem)
-    paper = p.get("preset", "cpu") != "cpu" or (stem == "08_knn" and p.get("features_dir") is not None)
+    paper = p.get("preset", "cpu") == "paper" or (stem == "08_knn" and p.get("features_dir") is not None)
     if kind is None or not paper:
         return None
     from hipt.tasks.preflight import feature_levels
@@ -803,7 +803,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-by", default=None,
                         help="comma-separated axes that get one run per value (task,methods,fractions,folds); "
                              "default: the target's, or all axes for --chapter")
-    parser.add_argument("--preset", default="paper", help="preset injected into grid runs ('paper' or 'cpu')")
+    parser.add_argument("--preset", default="paper", choices=["cpu", "gpu", "paper"],
+                        help="preset injected into grid runs: paper (your TCGA features), gpu (the phantom experiment "
+                             "at HIPT's geometry on a CUDA GPU) or cpu")
     parser.add_argument("--param", "-p", action="append", type=_parse_param, default=[], metavar="NAME=VALUE",
                         help="extra papermill parameter (JSON value or string; {task} is replaced); repeatable")
     parser.add_argument("--missing", choices=["error", "drop"], default=None,

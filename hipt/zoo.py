@@ -7,12 +7,13 @@ Each function here returns the artefact from the cache (``hipt.paths.cache_dir()
 introduces it does, so any chapter can run on its own (in Colab, say) while the book build pays for
 each artefact once.
 
-Two presets:
+Three presets (the chapters' ``preset`` parameter; :func:`chapter_run` resolves it):
 
 =========  ==========================  ================  =====================  ======================
 preset     region (patches)            cohort            stage-1 model          stage-2 model
 =========  ==========================  ================  =====================  ======================
 ``cpu``    1024 px (8×8 of 128 px)     48–64 slides × 4  ViT256 192-d × 4       ViT4K 192-d × 2 (tiny)
+``gpu``    4096 px (16×16 of 256 px)   48–64 slides × 4  ViT-S/16 (384-d × 12)  ViT-XS (192-d × 6)
 ``paper``  4096 px (16×16 of 256 px)   128 slides × 8    ViT-S/16 (384-d × 12)  ViT-XS (192-d × 6)
 =========  ==========================  ================  =====================  ======================
 
@@ -22,6 +23,11 @@ size the tiny stage-1 ViT is pretrained on, chapter 3) and regions of 8×8 patch
 16×16 patches of 256 px, a tiny ViT256 and a short DINO run, so the whole pipeline fits a few minutes
 on 2 CPU cores.  Its models are pretrained here, on phantom patches and on the stage-1 features of an
 unlabelled phantom cohort.
+
+``gpu`` is the CPU book's experiment at HIPT's geometry, sized for one Colab session on a GPU: the same
+phantom cohorts (slides, regions per slide, seeds) with 4096-px regions of 256-px patches, and the
+paper's networks pretrained here with DINO for a bounded number of steps (the ``gpu`` pretraining preset:
+500 steps of stage 1, 200 of stage 2), extraction and training on the GPU in the precision it supports.
 
 ``paper`` is the full-size setting for a GPU, with the reference's settings: its phantom cohorts
 (:func:`cohort`, :func:`patches`) have HIPT's geometry and serve as *evaluation* data (chapter 9), and its
@@ -45,9 +51,11 @@ from pathlib import Path
 
 import torch
 
+from hipt.errors import HIPTError
 from hipt.paths import cache_dir
 
-__all__ = ["Preset", "PRESETS", "get_preset", "cohort", "patches", "stage1_model", "stage2_model",
+__all__ = ["Preset", "PRESETS", "get_preset", "ChapterRun", "CHAPTER_PRESETS", "GPUNeededError", "chapter_run",
+           "cohort", "patches", "stage1_model", "stage2_model",
            "cohort_features", "pretraining_features", "training_plan"]
 
 
@@ -83,6 +91,11 @@ PRESETS: dict[str, Preset] = {
     # HIPT's geometry for the phantom evaluation cohorts; fp32 extraction (the reference's); no phantom
     # pretraining data: stage 2 pretrains on hipt extract features of real slides (the reference: 433,779
     # TCGA regions), passed as data=
+    # the cpu cohorts (sizes, seeds) at HIPT's geometry, with the gpu pretraining preset's models;
+    # extraction in the precision the GPU supports (hipt.precision "auto")
+    "gpu": Preset("gpu", region_size=4096, patch_size=256, n_slides=48, regions_per_slide=4,
+                  pretrain_preset="gpu", extract_dtype="auto", batch_regions=4,
+                  cohort_sizes=(("context", 64),), stage2_cohort=("survival", 64)),
     "paper": Preset("paper", region_size=4096, patch_size=256, n_slides=128, regions_per_slide=8,
                     pretrain_preset="paper", extract_dtype="fp32", batch_regions=4,
                     stage2_cohort=None),
@@ -90,11 +103,9 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(preset: str | Preset = "cpu") -> Preset:
-    """A :class:`Preset` by name (``"cpu"``, ``"cpu-tiny"`` or ``"paper"``)."""
+    """A :class:`Preset` by name (``"cpu"``, ``"gpu"``, ``"paper"``, or a pretraining preset's name)."""
     if isinstance(preset, Preset):
         return preset
-    from hipt.errors import HIPTError
-
     name = {"cpu-tiny": "cpu"}.get(preset, preset)
     if name not in PRESETS:
         raise HIPTError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -103,6 +114,68 @@ def get_preset(preset: str | Preset = "cpu") -> Preset:
 
 def _device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+class GPUNeededError(HIPTError):
+    """A chapter was run with ``preset="gpu"`` on a machine without a CUDA GPU."""
+
+
+@dataclass(frozen=True)
+class ChapterRun:
+    """What a chapter's ``preset`` parameter means on this machine (:func:`chapter_run`).
+
+    ``pipeline``: the :class:`Preset` of the book's pipeline; ``pretrain_preset``: the DINO preset
+    (:data:`hipt.pretrain.PRESETS`); ``device``: where models and tensors go; ``phantom``: the chapter
+    runs its phantom experiment (``cpu``, ``gpu``) rather than your real data (``paper``);
+    ``full_size``: the paper's networks and 4096-px regions (``gpu``, ``paper``); ``progress``: progress
+    bars (on for the GPU presets' long steps, off on the CPU pages).
+    """
+
+    preset: str
+    pipeline: Preset
+    pretrain_preset: str
+    device: str
+    phantom: bool
+    full_size: bool
+    progress: bool
+
+    def __str__(self) -> str:
+        where = describe_device(self.device)
+        what = "phantom cohorts" if self.phantom else "your data"
+        size = "HIPT's geometry (4096-px regions, ViT-S/16 + ViT-XS)" if self.full_size else "the CPU book's sizes"
+        return f"preset {self.preset}: {what} at {size}, on {where}"
+
+
+CHAPTER_PRESETS = ("cpu", "gpu", "paper")
+
+
+def describe_device(device: str) -> str:
+    """``cuda:0 (Tesla T4)`` or ``cpu``."""
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
+
+
+def chapter_run(preset: str, *, needs_gpu: bool = True) -> ChapterRun:
+    """Resolve a chapter's ``preset`` parameter, before any work.
+
+    ``cpu``: the CPU book (phantom cohorts, tiny models, the CPU).  ``gpu``: the same experiment at HIPT's
+    geometry with the paper's networks on a CUDA GPU, sized for a Colab session; with ``needs_gpu``
+    (the chapter trains or encodes) and no CUDA device it stops at once with :class:`GPUNeededError`,
+    saying how to get one.  ``paper``: the reference's protocol on your data, on the GPU when there is one.
+    """
+    if preset not in CHAPTER_PRESETS:
+        raise HIPTError(f"unknown preset {preset!r}; choose one of {', '.join(CHAPTER_PRESETS)}")
+    cuda = torch.cuda.is_available()
+    if preset == "gpu" and needs_gpu and not cuda:
+        raise GPUNeededError(
+            "preset 'gpu' runs this chapter on a CUDA GPU, and torch sees none here (torch.cuda.is_available() "
+            "is False). In Colab: Runtime > Change runtime type > T4 GPU (or better), then run the notebook "
+            "again. On a machine without a GPU use preset 'cpu': the same experiment at the CPU book's sizes.")
+    p = get_preset(preset)
+    return ChapterRun(preset=preset, pipeline=p, pretrain_preset=p.pretrain_preset,
+                      device=_device() if preset != "cpu" else "cpu", phantom=preset != "paper",
+                      full_size=preset != "cpu", progress=preset != "cpu")
 
 
 @contextlib.contextmanager
@@ -286,8 +359,6 @@ def _extract_locked(c, p: Preset, patch_dir: Path, out: Path, with_vit4k: bool, 
                                  device=_device(), progress=progress)
         failed = [r for r in results if getattr(r, "status", "ok") == "failed"]
         if failed:
-            from hipt.errors import HIPTError
-
             raise HIPTError(f"{out}: feature extraction failed for {len(failed)} slide(s); see summary.csv")
         from hipt.io import atomic_path
 

@@ -44,13 +44,15 @@ def model_dir(config: PretrainConfig, tag: str | None = None) -> Path:
 
         from hipt.phantom import COHORT_VERSION
 
-        p = zoo.get_preset("paper" if config.preset == "paper" else "cpu")
+        p = zoo.get_preset(config.preset)  # the pipeline preset of this pretraining preset (cpu-tiny: cpu)
         cohort = p.stage2_cohort[0] if p.stage2_cohort else None
         # the generator version of the cohort it trains on: a regenerated cohort means a new model
         version = f":{cohort}-v{COHORT_VERSION[cohort]}" if cohort and COHORT_VERSION.get(cohort, 1) > 1 else ""
         key = config.replace(data=f"phantom:{model_dir(make_config(1, config.preset)).name}"
                                   f":r{p.region_size}p{p.patch_size}{version}")
-    name = f"stage{config.stage}-{'paper' if config.preset == 'paper' else 'cpu'}" + (f"-{tag}" if tag else "")
+    from hipt import zoo
+
+    name = f"stage{config.stage}-{zoo.get_preset(config.preset).name}" + (f"-{tag}" if tag else "")
     return cache_dir("models") / f"{name}-{config_hash(key)}"
 
 
@@ -94,7 +96,8 @@ def pretrained(
         stage: 1 (ViT256 on patches) or 2 (ViT4K on feature grids).  With ``cpu-tiny``, by default phantom
             patches (stage 1) and the stage-1 features of the book's unlabelled phantom cohort
             (``hipt.zoo.pretraining_features``; stage 2).
-        preset: ``"cpu-tiny"`` (minutes on a CPU) or ``"paper"`` (every reference setting; pass ``data``:
+        preset: ``"cpu-tiny"`` (minutes on a CPU), ``"gpu"`` (the paper's networks, minutes on a GPU; phantom or
+            real data) or ``"paper"`` (every reference setting; pass ``data``:
             a folder of patches or a ``hipt patch`` folder for stage 1, a folder of ``hipt extract``
             features for stage 2; phantom data raise :class:`hipt.pretrain.trainer.PaperDataError`).
         force: retrain even if cached.
@@ -123,9 +126,9 @@ def _train_or_load(stage, preset, config, out, teacher_path, force, progress, da
         if force and (out / "checkpoint.pth").is_file():
             (out / "checkpoint.pth").unlink()
         if stage == 2 and dataset is None and config.data == "phantom":
-            from hipt import zoo  # the book's unlabelled pretraining cohort, stage-1 features (cpu-tiny only)
+            from hipt import zoo  # the book's unlabelled pretraining cohort, stage-1 features (cpu-tiny, gpu)
 
-            config = config.replace(data=str(zoo.pretraining_features("cpu", progress=progress)))
+            config = config.replace(data=str(zoo.pretraining_features(preset, progress=progress)))
         result = train(config.replace(out_dir=str(out), progress=progress), dataset)
         export_teacher(result, teacher_path, config)
         model = result.teacher.eval()

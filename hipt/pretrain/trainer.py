@@ -2,7 +2,8 @@
 
 One entry point serves both stages: :func:`train` takes a flat :class:`PretrainConfig` (its fields are
 the book chapters' papermill parameters and the CLI's options), built from a preset
-(:data:`PRESETS`: ``cpu-tiny`` for a CPU, ``paper`` for the reference hyper-parameters).
+(:data:`PRESETS`: ``cpu-tiny`` for a CPU, ``gpu`` for the paper's networks on a schedule that fits a
+Colab session, ``paper`` for the reference hyper-parameters).
 
 Runs on one CPU or GPU without any process group, or on several GPUs / nodes with
 ``torchrun --nproc_per_node N -m hipt.cli pretrain ...`` (DDP; the global batch is
@@ -234,6 +235,33 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
 }
 
 
+#: The ``gpu`` preset, built on the ``paper`` one: the paper's networks, crops and geometry on a schedule
+#: that fits a Colab session.
+PRESETS["gpu"] = {
+    # Stage 1: the reference's ViT-S/16, 224/96-px crops of 256-px patches, head and temperatures, cut
+    # from 400,000 steps to 500 (5 epochs of 6,400 phantom patches, or of your data, at batch 64; one
+    # warm-up epoch): about 2.5 min at the 218 images/s measured on an H200 (gpu_dino_stage1.json), a
+    # slower GPU in proportion, within one Colab session.  Precision follows
+    # the GPU (hipt.precision: bf16 on Ampere or newer, fp16 with a gradient scaler on a T4).  Phantom
+    # patches are allowed (this preset is a teaching run, not the paper's model); pass data for real ones.
+    1: {**PRESETS["paper"][1], **dict(
+        data="phantom", n_phantom=6400, steps_per_epoch=None, epochs=5, warmup_epochs=1,
+        precision="auto", num_workers=2, checkpoint_every=100, out_dir="data/runs/pretrain_stage1_gpu",
+    )},
+    # Stage 2: the reference's ViT-XS on 14/6-cell crops of 16x16 grids of 384-d tokens, for 50 epochs of
+    # the pretraining regions (200 steps on the book's 64-slide phantom cohort).  On phantom regions it
+    # takes the three settings with which the CPU preset's stage 2 trains instead of collapsing (every
+    # phantom region holds the same tissue mixture): a BatchNorm head, teacher temperature 0.02, sine-cosine
+    # position embeddings (book/appendix_phantom_design.md).  For real features pass data, and the
+    # reference head with use_bn_in_head=False, teacher_temp=0.04, pos_embed_init="trunc_normal".
+    2: {**PRESETS["paper"][2], **dict(
+        data="phantom", steps_per_epoch=None, epochs=50, warmup_epochs=5, precision="auto", num_workers=2,
+        use_bn_in_head=True, warmup_teacher_temp=0.02, teacher_temp=0.02, pos_embed_init="sincos",
+        checkpoint_every=100, out_dir="data/runs/pretrain_stage2_gpu",
+    )},
+}
+
+
 class PaperDataError(HIPTError):
     """A ``paper``-preset DINO run asked for phantom data (it pretrains on real data only)."""
 
@@ -265,7 +293,7 @@ def check_pretraining_data(config: PretrainConfig, dataset=None) -> None:
 
 
 def make_config(stage: int = 1, preset: str = "cpu-tiny", **overrides: Any) -> PretrainConfig:
-    """A :class:`PretrainConfig` from a preset (``"cpu-tiny"``/``"cpu"`` or ``"paper"``) and overrides."""
+    """A :class:`PretrainConfig` from a preset (``"cpu-tiny"``/``"cpu"``, ``"gpu"`` or ``"paper"``) and overrides."""
     preset = {"cpu": "cpu-tiny"}.get(preset, preset)
     if preset not in PRESETS:
         raise HIPTError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -1006,8 +1034,10 @@ def read_log(run_dir: str | Path):
 
 _HELP = {
     "stage": "1: ViT256-16 on patches; 2: ViT4096-256 on feature grids",
-    "preset": "base settings: cpu-tiny (CPU, minutes, phantom data) or paper (every reference setting; real data only)",
-    "data": "phantom (cpu-tiny only) | folder of images | `hipt patch` output folder (stage 1) | folder of "
+    "preset": "base settings: cpu-tiny (CPU, minutes, phantom data); gpu (the paper's networks at HIPT's geometry, "
+              "500 + 200 steps: minutes on an H100/H200, estimated before it starts; phantom or real data); paper "
+              "(every reference setting; real data only)",
+    "data": "phantom (cpu-tiny, gpu) | folder of images | `hipt patch` output folder (stage 1) | folder of "
             "`hipt extract` .h5 (stage 2)",
     "slides": "folder of the slides, if they moved since `hipt patch` (stage 1 from slides)",
     "n_phantom": "phantom patches drawn for --data phantom (stage 1)",
