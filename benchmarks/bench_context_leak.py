@@ -1,7 +1,7 @@
 """Does the phantom ``context`` cohort leak its label into bag-level summaries? (issue 15)
 
 For each cohort seed (the cpu preset's sizes: 64 slides, 4 regions of 8×8 cells of 128 px) and each
-bag-level summary of a slide (hipt.phantom_checks): the cross-validated AUC of a logistic regression
+bag-level summary of a slide (hipt.phantom.checks): the cross-validated AUC of a logistic regression
 and its permutation null.  Summaries: tissue-class counts and stain/colour statistics of the composed
 tissue pixels (cheap: no slide is written) for every seed in ``--seeds``; the mean patch token
 (``feats256``) for the seeds whose features are already cached (``--token-seeds``; extracting a new
@@ -30,7 +30,7 @@ def _seeds(text: str) -> list[int]:
 
 def main() -> None:
     from hipt import phantom as P
-    from hipt import phantom_checks as C
+    from hipt.phantom import checks as C
     from hipt import zoo
     from hipt.paths import cache_dir
     from hipt.reproduce import write_benchmark_result

@@ -23,7 +23,7 @@ from hipt.errors import HIPTError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "patch": ("hipt.tiling", "find tissue and cut slides into 4096-px regions (coords .h5, masks, thumbnails)"),
-    "phantom": ("hipt.phantom", "generate phantom H&E slides or cohorts with ground truth"),
+    "phantom": ("hipt.phantom.cli", "generate phantom H&E slides or cohorts with ground truth"),
     "extract": ("hipt.features", "extract hierarchical features [M,256,384] and [M,192] per slide"),
     "pretrain": ("hipt.pretrain.trainer", "two-stage DINO pretraining (stage 1: ViT256-16, stage 2: ViT4096-256)"),
     "finetune": ("hipt.tasks.train", "train slide-level models (HIPT, MIL baselines) for subtyping or survival"),

@@ -1,4 +1,4 @@
-"""The ``context`` cohort separates its classes by arrangement only (hipt.phantom, hipt.phantom_checks).
+"""The ``context`` cohort separates its classes by arrangement only (hipt.phantom, hipt.phantom.checks).
 
 Over many cohort seeds at the CPU preset's sizes (regions of 8×8 cells of 128 px): every slide has the
 same tissue-class counts, and the stain/colour summaries of the composed tissue pixels carry no label
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from hipt import phantom as P
-from hipt import phantom_checks as C
+from hipt.phantom import checks as C
+from hipt.phantom import cohorts
 
 SEEDS = range(10)
 N_SLIDES, REGIONS, REGION, PATCH = 32, 4, 1024, 128  # the cpu preset's sizes (32 of its 64 slides: speed)
@@ -61,7 +62,7 @@ def leaky(monkeypatch):
             lay[stroma[:, 0], stroma[:, 1]] = P.LYMPHOCYTES
         return lay
 
-    monkeypatch.setattr(P, "context_region", more_lymphocytes)
+    monkeypatch.setattr(cohorts, "context_region", more_lymphocytes)  # the name the cohort plan calls
 
 
 def test_the_checks_fail_on_a_leaky_cohort(leaky):

@@ -23,7 +23,9 @@ PAGE = ROOT / "book" / "appendix_api.md"
 
 # reading order; modules not named here go to "Other modules"
 GROUPS = [
-    ("Slides and patching", ["hipt.slide", "hipt.tissue", "hipt.tiling", "hipt.phantom", "hipt.phantom_checks"]),
+    ("Slides and patching", ["hipt.slide", "hipt.tissue", "hipt.tiling", "hipt.phantom", "hipt.phantom.textures",
+                             "hipt.phantom.layouts", "hipt.phantom.slides", "hipt.phantom.cohorts",
+                             "hipt.phantom.checks", "hipt.phantom.cli"]),
     ("Models", ["hipt.models", "hipt.models.vit", "hipt.models.hipt4k", "hipt.models.slide",
                 "hipt.models.weights", "hipt.models.mil"]),
     ("Feature extraction", ["hipt.features"]),

@@ -25,8 +25,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import openslide
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import StandardScaler
 
-from hipt.phantom import BACKGROUND, TISSUES, PhantomTruth, _Composer
+from hipt.features import load_features
+from hipt.phantom.slides import PhantomTruth, _Composer, load_truth
+from hipt.phantom.textures import BACKGROUND, TISSUES
 
 __all__ = ["SUMMARIES", "layout_summaries", "pixel_summaries", "file_pixel_summaries", "token_summaries",
            "cv_auc", "label_signal", "pooled_signal"]
@@ -97,10 +104,6 @@ def pixel_summaries(truths: Sequence[PhantomTruth]) -> np.ndarray:
 def file_pixel_summaries(paths: Sequence[str | Path]) -> np.ndarray:
     """As :func:`pixel_summaries`, from the level-0 pixels of the written slides (JPEG decoded by
     OpenSlide, as ``hipt patch`` reads them) and their truths: ``[N, 9]``."""
-    import openslide
-
-    from hipt.phantom import load_truth
-
     out = []
     for p in paths:
         t = load_truth(p)
@@ -118,8 +121,6 @@ def file_pixel_summaries(paths: Sequence[str | Path]) -> np.ndarray:
 def token_summaries(features_dir: str | Path, slide_ids: Sequence[str]) -> np.ndarray:
     """The mean patch token of each slide: ``feats256`` ``[M, n, D]`` of ``<features_dir>/<slide_id>.h5``
     averaged over regions and patches: ``[N, D]``."""
-    from hipt.features import load_features
-
     return np.stack([load_features(Path(features_dir) / f"{s}.h5")["feats256"].mean((0, 1)).numpy()
                      for s in slide_ids])
 
@@ -129,11 +130,6 @@ def cv_auc(x: np.ndarray, y: np.ndarray, n_splits: int = 5, n_repeats: int = 2, 
     """Cross-validated AUC of an L2 logistic regression (``C = c``) on standardized ``x`` ``[N, F]``:
     out-of-fold probabilities pooled over the folds, averaged over ``n_repeats`` stratified splits.
     A summary that is constant over the slides gives 0.5."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.preprocessing import StandardScaler
-
     x = np.asarray(x, np.float64).reshape(len(y), -1)
     y = np.asarray(y)
     keep = x.std(0) > 1e-12 * (1 + np.abs(x).max(0))
