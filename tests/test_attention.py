@@ -98,17 +98,19 @@ def test_single_hot_spot_lands_where_it_should_at_every_level(h, w, scale, rank)
     region = _region_with_dark_spot(h, w, y, x)
     maps = region_heatmaps(region, DarkViT256(), DarkViT4K(), scale=scale, rank=rank)
     oh, ow = h // scale, w // scale
-    assert maps.s256.shape == (2, oh, ow) and maps.s4k.shape == (3, oh, ow)
-    assert maps.o256.shape == maps.o4k.shape == (oh, ow) and maps.image.shape == (oh, ow, 3)
-    assert maps.o4k.max() == 4 and maps.o256.max() == 2 and maps.o4k.min() == 1
+    assert maps.patch_maps.shape == (2, oh, ow) and maps.region_maps.shape == (3, oh, ow)
+    assert maps.patch_view_counts.shape == maps.region_view_counts.shape == (oh, ow)
+    assert maps.image.shape == (oh, ow, 3)
+    assert maps.region_view_counts.max() == 4 and maps.region_view_counts.min() == 1
+    assert maps.patch_view_counts.max() == 2
     spot = (slice(y // scale, (y + 16) // scale), slice(x // scale, (x + 16) // scale))
     # ViT256 head 0 (dark-seeking): the spot is the single hottest place of the mosaic
-    s256 = maps.s256[0]
-    assert np.isclose(s256[spot].min(), s256.max())
-    assert (s256 >= s256.max() - 1e-6).sum() == (16 // scale) ** 2 if scale <= 16 else True
+    patch_map = maps.patch_maps[0]
+    assert np.isclose(patch_map[spot].min(), patch_map.max())
+    assert (patch_map >= patch_map.max() - 1e-6).sum() == (16 // scale) ** 2 if scale <= 16 else True
     # ViT4K: the spot's patch is the hottest in every view, so the spot is at the maximum
-    s4k = maps.s4k[0]
-    assert np.isclose(s4k[spot].min(), s4k.max())
+    region_map = maps.region_maps[0]
+    assert np.isclose(region_map[spot].min(), region_map.max())
     # hierarchical maps, both modes, peak at the spot
     for mode in ("factorized", "product"):
         hm = maps.hierarchical(0, 0, mode=mode)
@@ -119,7 +121,7 @@ def test_single_hot_spot_lands_where_it_should_at_every_level(h, w, scale, rank)
 def test_constant_region_gives_constant_ranked_maps():
     region = np.full((512, 512, 3), 200, np.uint8)
     maps = region_heatmaps(region, DarkViT256(), DarkViT4K(), scale=4, n_views_4k=1, n_views_256=1)
-    assert np.ptp(maps.s256) == 0 and np.ptp(maps.s4k) == 0
+    assert np.ptp(maps.patch_maps) == 0 and np.ptp(maps.region_maps) == 0
 
 
 def test_region_heatmaps_rejects_bad_geometry():
@@ -164,8 +166,8 @@ def test_real_tiny_models_non_square_region_shapes():
     np.testing.assert_allclose(sc.patch_attn.sum((-1, -2)) <= 1.0 + 1e-5, True)
     maps = region_heatmaps(region, vit256, vit4k, scale=8)
     assert isinstance(maps, HierarchicalMaps)
-    assert maps.s256.shape == (2, 64, 96) and maps.s4k.shape == (3, 64, 96)
-    assert 0 <= maps.s256.min() and maps.s256.max() <= 1
+    assert maps.patch_maps.shape == (2, 64, 96) and maps.region_maps.shape == (3, 64, 96)
+    assert 0 <= maps.patch_maps.min() and maps.patch_maps.max() <= 1
     # one pass (forward_with_attention) = two passes (forward + get_last_selfattention)
     patches = region_to_patches(region, 256)
     cls1, att1 = encode_patches(vit256, patches)

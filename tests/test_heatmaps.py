@@ -1,11 +1,11 @@
-"""The model-free heatmap arithmetic on small synthetic score maps (hipt.heatmaps)."""
+"""The model-free arithmetic on small synthetic score maps (hipt.attention.map_arithmetic)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from hipt.heatmaps import (
+from hipt.attention.map_arithmetic import (
     ScoreCanvas,
     blend,
     check_shift,
@@ -115,14 +115,15 @@ def test_single_hot_patch_lands_in_its_place_when_tiled():
 
 
 def test_factorized_is_overlap_weighted_mean_and_product_is_minmax():
-    s4k = np.array([[0.2, 0.8]], np.float32)
-    s256 = np.array([[0.6, 0.4]], np.float32)
-    o4k = np.array([[1.0, 3.0]], np.float32)
-    o256 = np.array([[1.0, 1.0]], np.float32)
-    np.testing.assert_allclose(factorized_map(s4k, o4k, s256, o256), [[0.4, (2.4 + 0.4) / 4]])
-    np.testing.assert_allclose(product_map(s4k, s256), [[0.0, 1.0]])
+    region_map = np.array([[0.2, 0.8]], np.float32)
+    patch_map = np.array([[0.6, 0.4]], np.float32)
+    region_views = np.array([[1.0, 3.0]], np.float32)
+    patch_views = np.array([[1.0, 1.0]], np.float32)
+    factorized = factorized_map(region_map, region_views, patch_map, patch_views)
+    np.testing.assert_allclose(factorized, [[0.4, (2.4 + 0.4) / 4]])
+    np.testing.assert_allclose(product_map(region_map, patch_map), [[0.0, 1.0]])
     # broadcasting over heads
-    assert factorized_map(np.ones((3, 1, 2)), o4k, np.ones((3, 1, 2)), o256).shape == (3, 1, 2)
+    assert factorized_map(np.ones((3, 1, 2)), region_views, np.ones((3, 1, 2)), patch_views).shape == (3, 1, 2)
     assert np.all(minmax(np.full((2, 2), 7.0)) == 0)
 
 

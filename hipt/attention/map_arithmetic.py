@@ -1,7 +1,7 @@
-"""Model-free heatmap arithmetic: percentile ranks, shifted views, overlap averaging, blending, canvases.
+"""Model-free arithmetic on score maps: percentile ranks, shifted views, overlap averaging, blending, canvases.
 
 Everything here works on plain numpy score maps, so it is tested on small synthetic maps
-(``tests/test_heatmaps.py``) independently of any model. :mod:`hipt.attention` feeds it the [CLS]
+(``tests/test_heatmaps.py``) independently of any model. :mod:`hipt.attention.maps` feeds it the [CLS]
 attention of the ViTs.
 
 Conventions
@@ -182,7 +182,7 @@ def tile_patch_maps(maps: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
     """Tile per-patch maps into one mosaic over the region.
 
     ``maps`` ``[n_patches, heads, ph, pw]`` in row-major patch order (the order of
-    :func:`hipt.attention.region_to_patches`, the reference's unfold) → ``[heads, gh·ph, gw·pw]``.
+    :func:`hipt.attention.maps.region_to_patches`, the reference's unfold) → ``[heads, gh·ph, gw·pw]``.
     """
     maps = np.asarray(maps)
     gh, gw = grid_hw
@@ -195,16 +195,21 @@ def tile_patch_maps(maps: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # combining the levels
 # --------------------------------------------------------------------------------------------------
-def factorized_map(s4k: np.ndarray, o4k: np.ndarray, s256: np.ndarray, o256: np.ndarray) -> np.ndarray:
-    """The reference's "factorized" hierarchical map: the overlap-weighted mean of the two levels.
+def factorized_map(
+    region_map: np.ndarray, region_view_counts: np.ndarray, patch_map: np.ndarray, patch_view_counts: np.ndarray,
+) -> np.ndarray:
+    """The reference's "factorized" hierarchical map: the mean of the two levels weighted by their view counts.
 
-    ``(s4k·o4k + s256·o256) / (o4k + o256)`` where ``s*`` are the overlap-averaged percentile maps in
-    ``[0, 1]`` and ``o*`` how many shifted views cover each pixel (broadcast over leading head axes).
-    Despite its name it is an average, not a product: a pixel is hot if either level is.
+    ``(region_map·region_view_counts + patch_map·patch_view_counts) / (region_view_counts + patch_view_counts)``
+    (the reference's ``(s4k·o4k + s256·o256) / (o4k + o256)``), where the maps are the overlap-averaged
+    percentile maps in ``[0, 1]`` of ViT4K (region level) and ViT256 (patch level) and the counts say how
+    many shifted views cover each pixel (broadcast over leading head axes). Despite its name it is an
+    average, not a product: a pixel is hot if either level is.
     """
-    o4k = np.asarray(o4k, dtype=np.float32)
-    o256 = np.asarray(o256, dtype=np.float32)
-    return ((s4k * o4k + s256 * o256) / np.maximum(o4k + o256, 1e-12)).astype(np.float32)
+    region_view_counts = np.asarray(region_view_counts, dtype=np.float32)
+    patch_view_counts = np.asarray(patch_view_counts, dtype=np.float32)
+    weighted = region_map * region_view_counts + patch_map * patch_view_counts
+    return (weighted / np.maximum(region_view_counts + patch_view_counts, 1e-12)).astype(np.float32)
 
 
 def product_map(*maps: np.ndarray) -> np.ndarray:
