@@ -72,7 +72,8 @@ from hipt.models.weights import load_backbone, load_checkpoint
 from hipt.phantom import phantom_patches
 from hipt.precision import autocast, describe, grad_scaler, resolve_precision
 from hipt.pretrain.augment import GridMultiCrop, PatchMultiCrop
-from hipt.pretrain.config import (  # the configuration's names stay importable from here (__all__)
+# The configuration's names stay importable from here (documented in hipt.pretrain.config only).
+from hipt.pretrain.config import (  # noqa: F401
     PRESET_ALIASES,
     PRESETS,
     PaperDataError,
@@ -123,16 +124,6 @@ __all__ = [
     "time_step",
     "train",
     "train_one_epoch",
-    # from hipt.pretrain.config
-    "PRESETS",
-    "PRESET_ALIASES",
-    "PaperDataError",
-    "PretrainConfig",
-    "check_pretraining_data",
-    "config_hash",
-    "make_config",
-    "paper_data_message",
-    "preset_name",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pth"
