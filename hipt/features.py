@@ -50,24 +50,39 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import csv
-import io
 import json
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
 
-from hipt import __version__
+from hipt import __version__, models
+from hipt.device import resolve_device
 from hipt.errors import HIPTError, InputFileError
-from hipt.io import atomic_path, atomic_write_text, data_files
+from hipt.io import atomic_path, data_files
+from hipt.jobs import (
+    SUMMARY_NAME,
+    failure_reason,
+    merge_rank_summaries,
+    rank_summary_path,
+    record_results,
+    write_summary,
+)
+from hipt.models import HIPT4K, load_model
+from hipt.models.hipt4k import _stats
+from hipt.slide import iter_slide_files, open_slide
+from hipt.tiling import load_coords
 from hipt.precision import PRECISIONS, autocast, describe, resolve_precision
 
 __all__ = [
@@ -83,27 +98,21 @@ __all__ = [
     "run",
 ]
 
-SUMMARY_COLUMNS = ("slide", "status", "n_regions", "reason")
-
-
 # ------------------------------------------------------------------------------------------ models
 def _load_vit(spec: Any, kind: str) -> torch.nn.Module | None:
     """A model spec → a ViT in eval mode.
 
     ``spec``: a module (used as is); ``None``/``"none"`` (no model); ``"random:<factory>"`` (random
     weights of ``hipt.models.<factory>``, seed 0, for tests and demos); a registry name, path or URL
-    of a checkpoint (architecture read from the checkpoint, see :func:`hipt.models.weights.load_model`).
+    of a checkpoint (architecture read from the checkpoint, see :func:`hipt.models.load_model`).
     """
-    import hipt.models as hm
-    from hipt.models.weights import load_model
-
     if spec is None or (isinstance(spec, str) and spec.lower() == "none"):
         return None
     if isinstance(spec, torch.nn.Module):
         return spec.eval()
     s = str(spec)
     if s.startswith("random:"):
-        factory = getattr(hm, s.split(":", 1)[1], None)
+        factory = getattr(models, s.split(":", 1)[1], None)
         if factory is None or not callable(factory):
             raise HIPTError(f"{s}: unknown model factory (try random:vit256_tiny or random:vit4k_tiny)")
         torch.manual_seed(0)
@@ -119,8 +128,6 @@ def build_encoder(vit256: Any = "vit256_small_dino", vit4k: Any = "vit4k_xs_dino
     ``patch_size``: the side of the patches the ViT256 reads (256 as HIPT; the ``hipt patch`` coords
     files must have been cut with the same size).
     """
-    from hipt.models import HIPT4K
-
     v256 = _load_vit(vit256, "vit256")
     if v256 is None:
         raise HIPTError("a ViT256 is needed (--vit256)")
@@ -148,8 +155,6 @@ class RegionDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, coords_h5: str | Path, slide_path: str | Path | None = None) -> None:
-        from hipt.tiling import load_coords
-
         self.coords_h5 = Path(coords_h5)
         self.rc = load_coords(self.coords_h5)
         self.slide_path = Path(slide_path) if slide_path is not None else self.rc.slide_path
@@ -160,8 +165,6 @@ class RegionDataset(torch.utils.data.Dataset):
 
     def _open(self):
         if self._slide is None:
-            from hipt.slide import open_slide
-
             self._slide = open_slide(self.slide_path, mpp=self.rc.slide_mpp)
         return self._slide
 
@@ -276,8 +279,6 @@ class RegionReader:
             self.ds.close()
 
     def _threads(self) -> Iterator[tuple[int, torch.Tensor]]:
-        from concurrent.futures import ThreadPoolExecutor
-
         n, bs = len(self.ds), self.batch_regions
         local = threading.local()
         handles: list[RegionDataset] = []
@@ -346,14 +347,17 @@ class ExtractResult:
     seconds: float = 0.0
     timing: dict[str, float] | None = None
 
+    @property
+    def skipped(self) -> bool:
+        """The slide's features were already there (its summary row stays the one of the run that made them)."""
+        return self.status == "skipped"
+
     def row(self) -> dict[str, str]:
         status = "ok" if self.status == "skipped" else self.status
         return {"slide": self.slide, "status": status, "n_regions": str(self.n_regions), "reason": self.reason}
 
 
 def _is_complete(path: Path) -> bool:
-    import h5py
-
     try:
         with h5py.File(path, "r") as f:
             return "feats256" in f and int(f.attrs.get("n_regions", -1)) == f["feats256"].shape[0]
@@ -400,9 +404,6 @@ def extract_slide(
 
     Returns an :class:`ExtractResult` (``skipped`` when the file was already there). Errors raise.
     """
-    import h5py
-    from tqdm.auto import tqdm
-
     device = torch.device(device)
     dtype = resolve_precision(dtype, device)  # unknown names and fp16 on a CPU fail before any work
     if storage_dtype not in ("float32", "float16"):
@@ -580,8 +581,6 @@ def _compiled(model, device: torch.device):
     The ViT256 always sees ``[patch_batch, 3, p, p]`` (a region holds a whole number of patch batches at
     the default 256), so one static graph serves every slide; the ViT4K (<0.1 % of the FLOPs) stays eager.
     """
-    from hipt.models import HIPT4K
-
     cache = model.__dict__.setdefault("_hipt_compiled", {})
     key = str(device)
     if key not in cache:
@@ -593,8 +592,6 @@ def _compiled(model, device: torch.device):
 
 
 def _norm_stats(normalization: str | tuple) -> tuple[list[float], list[float]]:
-    from hipt.models.hipt4k import _stats
-
     mean, std = _stats(normalization)
     return list(mean), list(std)
 
@@ -605,8 +602,6 @@ def load_features(path: str | Path, float32: bool = True) -> dict[str, Any]:
     Returns ``{"feats256": [M, n, D] tensor, "feats4k": [M, D4k] tensor (if present), "coords": [M, 2]
     int64 tensor, "attrs": dict}`` (features as float32 unless ``float32=False``; JSON attributes decoded).
     """
-    import h5py
-
     path = Path(path)
     if not path.is_file():
         raise InputFileError(path, "features file not found", "run 'hipt extract' first")
@@ -653,8 +648,6 @@ def _coords_files(coords: str | Path) -> list[Path]:
 def _slide_index(slides: str | Path | Sequence[str | Path] | None) -> dict[str, Path]:
     if slides is None:
         return {}
-    from hipt.slide import iter_slide_files
-
     items = [slides] if isinstance(slides, (str, Path)) else list(slides)
     index: dict[str, Path] = {}
     for item in items:
@@ -675,14 +668,6 @@ def _dist_info() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", rank))
     return rank, world, local
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, InputFileError):
-        return e.problem + (f"; {e.hint}" if e.hint else "")
-    if isinstance(e, HIPTError):
-        return str(e)
-    return f"unexpected {type(e).__name__}: {e}"
 
 
 def extract_folder(
@@ -721,8 +706,6 @@ def extract_folder(
     in ``summary.csv``) and the others go on.  Under several ranks, each writes
     ``summary.rank<r>.csv`` and, after a barrier, rank 0 merges them into ``summary.csv``.
     """
-    from tqdm.auto import tqdm
-
     env_rank, env_world, _ = _dist_info()
     rank = env_rank if rank is None else rank
     world_size = env_world if world_size is None else world_size
@@ -750,7 +733,7 @@ def extract_folder(
                               overwrite=overwrite, progress=progress, reader=reader, prefetch=prefetch,
                               compile=compile)
         except Exception as e:  # noqa: BLE001 - one bad slide must not stop the batch
-            r = ExtractResult(name, "failed", reason=_reason(e))
+            r = ExtractResult(name, "failed", reason=failure_reason(e))
             log(f"error: {e}" if isinstance(e, HIPTError) else f"error: {cf}: {r.reason}")
         results.append(r)
     bar.close()
@@ -758,54 +741,20 @@ def extract_folder(
     return results
 
 
-def _read_summary(path: Path) -> dict[str, dict[str, str]]:
-    if not path.is_file():
-        return {}
-    try:
-        with open(path, newline="") as f:
-            return {row["slide"]: row for row in csv.DictReader(f) if row.get("slide")}
-    except (OSError, KeyError, csv.Error):
-        return {}
-
-
-def _summary_text(rows: Iterable[dict[str, str]]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(SUMMARY_COLUMNS), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for row in sorted(rows, key=lambda r: r["slide"]):
-        w.writerow(row)
-    return buf.getvalue()
-
-
 def _write_summaries(out_dir: Path, results: list[ExtractResult], rank: int, world: int) -> None:
-    summary = out_dir / "summary.csv"
+    """``out_dir/summary.csv`` (:mod:`hipt.jobs`): directly in one process; under several, each rank
+    writes its part and, after a barrier, rank 0 merges them."""
     if world == 1:
-        rows = _read_summary(summary)
-        for r in results:
-            if r.status == "skipped" and rows.get(r.slide, {}).get("status") == "ok":
-                continue  # keep the row of the run that made it
-            rows[r.slide] = r.row()
-        atomic_write_text(summary, _summary_text(rows.values()))
+        record_results(out_dir / SUMMARY_NAME, results)
         return
-    new = {r.slide: r.row() for r in results}
-    part = out_dir / f"summary.rank{rank}.csv"
-    atomic_write_text(part, _summary_text(new.values()))
+    write_summary(rank_summary_path(out_dir, rank), {r.slide: r.row() for r in results}.values())
     _barrier()
     if rank == 0:
-        rows = _read_summary(summary)
-        for r in range(world):
-            p = out_dir / f"summary.rank{r}.csv"
-            rows.update(_read_summary(p))
-        atomic_write_text(summary, _summary_text(rows.values()))
-        for r in range(world):
-            with contextlib.suppress(FileNotFoundError):
-                (out_dir / f"summary.rank{r}.csv").unlink()
+        merge_rank_summaries(out_dir, world)
 
 
 def _barrier() -> None:
     """Wait for every rank (gloo process group from torchrun's env, created on first use)."""
-    import torch.distributed as dist
-
     if not dist.is_available():  # pragma: no cover
         return
     created = False
@@ -861,17 +810,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _default_device(local_rank: int) -> str:
-    if torch.cuda.is_available():
-        return f"cuda:{local_rank % torch.cuda.device_count()}"
-    return "cpu"
-
-
 def run(args: argparse.Namespace) -> int:
     rank, world, local = _dist_info()
-    device = args.device or _default_device(local)
-    if device == "cuda" and world > 1:
-        device = f"cuda:{local % max(1, torch.cuda.device_count())}"
+    device = str(resolve_device(args.device or "auto", local))
     if args.batch_regions < 1 or args.workers < 0:
         raise HIPTError("--batch-regions must be >= 1 and --workers >= 0")
     model = build_encoder(args.vit256, args.vit4k, normalization=args.normalization, patch_batch=args.patch_batch,

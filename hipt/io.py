@@ -15,6 +15,7 @@ import http.client
 import os
 import re
 import shutil
+import sys
 import tempfile
 import urllib.error
 import urllib.parse
@@ -22,6 +23,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from hipt.errors import ChecksumError, HIPTError
 from hipt.paths import cache_dir
@@ -78,7 +81,7 @@ def file_lock(path: str | Path, message: str | None = None) -> Iterator[None]:
     """
     path = Path(path)
     key = str(path.resolve())
-    try:
+    try:  # here, not at the top: fcntl is POSIX-only, and without it the lock is a no-op
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
@@ -91,8 +94,6 @@ def file_lock(path: str | Path, message: str | None = None) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            import sys
-
             print(message or f"waiting for another process that is building {path} ...", file=sys.stderr, flush=True)
             fcntl.flock(fh, fcntl.LOCK_EX)
         _HELD_LOCKS.add(key)
@@ -355,8 +356,6 @@ def fetch(remote: RemoteFile, dest_dir: str | Path | None = None, **kwargs) -> P
 
 
 def _progress(total: int | None, name: str):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False)
 
 

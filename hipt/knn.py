@@ -31,12 +31,19 @@ import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import LabelEncoder
 
 from hipt.errors import HIPTError, InputFileError
 from hipt.metrics import auc
 from hipt.released.registry import read_embedding_pickle
+from hipt.tasks import TaskData, load_task
+from hipt.tasks.tables import markdown_table, table1, write_fold_results
 
 __all__ = [
     "LEVELS",
@@ -101,8 +108,6 @@ def slide_embedding(path: str | Path, level: str = "vit4k") -> np.ndarray:
     if not path.is_file():
         raise InputFileError(path, "feature file not found")
     if path.suffix == ".h5":
-        import h5py
-
         key = LEVELS[level][0]
         try:
             with h5py.File(path, "r") as f:
@@ -114,8 +119,6 @@ def slide_embedding(path: str | Path, level: str = "vit4k") -> np.ndarray:
             raise InputFileError(path, f"cannot be read as HDF5 ({e})") from None
         return _mean_tokens(np.asarray(x), level, path)
     if path.suffix == ".pt":
-        import torch
-
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 (unpickling errors of many kinds)
@@ -184,8 +187,6 @@ def knn_probs(
     ``KNeighborsClassifier(n_neighbors=k, metric=metric)``; columns of classes absent from the
     training labels are 0; ``k`` is capped at the training-set size.
     """
-    from sklearn.neighbors import KNeighborsClassifier
-
     k_eff = min(k, len(train_x))
     if k_eff < k:
         warnings.warn(f"knn: only {len(train_x)} training slides, using k={k_eff}", RuntimeWarning, stacklevel=2)
@@ -234,9 +235,6 @@ def evaluate_knn(
         Long records (:data:`hipt.tasks.tables.RECORD_COLUMNS` plus ``n_train``, ``n_test``, ``k``,
         ``frac_used``).
     """
-    from hipt.tasks import TaskData, load_task
-    from hipt.tasks.tables import write_fold_results
-
     if not isinstance(task, TaskData):
         task = load_task(task)
     if task.kind != "subtype":
@@ -299,10 +297,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``hipt knn``: per-fold records into ``--out``, then a mean ± std summary (CSV, Markdown, stdout)."""
-    from hipt.tasks import load_task
-    from hipt.tasks.tables import markdown_table, table1
-
     if args.released_folds is not None:
+        # here, not at the top: hipt.released.slide builds on this module (an import circle otherwise)
         from hipt.released.slide import knn_table_from_folds
 
         table = knn_table_from_folds(args.released_folds, fractions=args.fractions)
@@ -356,10 +352,6 @@ def released_knn_aucs(
     Returns:
         ``n_folds`` test AUCs, fold 0 first.
     """
-    from sklearn.metrics import roc_auc_score
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.preprocessing import LabelEncoder
-
     folds_dir = Path(folds_dir)
     study = study if study.startswith("tcga_") else f"tcga_{study}"
     if not (folds_dir / encoder).is_dir():

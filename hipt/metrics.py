@@ -16,7 +16,11 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
+from lifelines import KaplanMeierFitter
+from lifelines.statistics import logrank_test
+from sklearn.metrics import roc_auc_score
 
 __all__ = [
     "auc",
@@ -47,8 +51,6 @@ def auc(labels: Any, probs: Any) -> float:
         would raise instead).  ``nan`` (with a :class:`RuntimeWarning`) when the AUC is undefined:
         fewer than two classes present in ``labels``.
     """
-    from sklearn.metrics import roc_auc_score
-
     y = np.asarray(labels).astype(np.int64).ravel()
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim == 1:
@@ -190,9 +192,6 @@ def km_risk_groups(times: Any, risks: Any, events: Any, threshold: float | None 
         :class:`KMResult` with a Kaplan–Meier estimate (lifelines) per group and the log-rank test
         statistic and p-value (``nan`` if a group is empty).
     """
-    from lifelines import KaplanMeierFitter
-    from lifelines.statistics import logrank_test
-
     t = np.asarray(times, dtype=np.float64).ravel()
     r = np.asarray(risks, dtype=np.float64).ravel()
     e = np.asarray(events, dtype=np.float64).ravel().astype(bool)
@@ -231,8 +230,6 @@ def plot_km(result: KMResult, ax=None, title: str | None = None, time_unit: str 
 
     Returns the matplotlib ``Axes``.
     """
-    import matplotlib.pyplot as plt
-
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.6))
     colours = {"low risk": "tab:blue", "high risk": "tab:red"}

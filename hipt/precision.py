@@ -28,6 +28,7 @@ from contextlib import AbstractContextManager
 
 import torch
 
+from hipt.device import resolve_device
 from hipt.errors import HIPTError
 
 __all__ = ["PRECISIONS", "PrecisionError", "resolve_precision", "native_bf16", "autocast", "grad_scaler", "describe"]
@@ -42,10 +43,6 @@ class PrecisionError(HIPTError, ValueError):
     """An unknown precision name, or one the device cannot run (the CLI prints it as one line)."""
 
 
-def _device(device: torch.device | str) -> torch.device:
-    return device if isinstance(device, torch.device) else torch.device(device)
-
-
 def native_bf16(device: torch.device | str) -> bool:
     """Whether a CUDA device computes in bf16 natively (Ampere or newer; every ROCm device).
 
@@ -55,7 +52,7 @@ def native_bf16(device: torch.device | str) -> bool:
     """
     if torch.version.hip:
         return True
-    return torch.cuda.get_device_capability(_device(device))[0] >= 8
+    return torch.cuda.get_device_capability(resolve_device(device))[0] >= 8
 
 
 def resolve_precision(requested: str = "auto", device: torch.device | str = "cpu") -> str:
@@ -67,7 +64,7 @@ def resolve_precision(requested: str = "auto", device: torch.device | str = "cpu
     """
     if requested not in PRECISIONS:
         raise PrecisionError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
-    device = _device(device)
+    device = resolve_device(device)
     if requested == "auto":
         if device.type != "cuda":
             return "fp32"
@@ -79,7 +76,7 @@ def resolve_precision(requested: str = "auto", device: torch.device | str = "cpu
 
 def autocast(device: torch.device | str, precision: str) -> AbstractContextManager:
     """The autocast context of ``precision`` (any name; resolved for ``device``): none for fp32."""
-    device = _device(device)
+    device = resolve_device(device)
     resolved = resolve_precision(precision, device)
     if resolved == "fp32":
         return contextlib.nullcontext()
@@ -93,7 +90,7 @@ def grad_scaler(device: torch.device | str, precision: str) -> torch.amp.GradSca
     ``optimizer.step()``: the same training step serves every precision, and fp32/bf16 runs are exactly
     what they were without a scaler.
     """
-    device = _device(device)
+    device = resolve_device(device)
     enabled = resolve_precision(precision, device) == "fp16" and device.type == "cuda"
     return torch.amp.GradScaler(device.type, enabled=enabled)
 
@@ -104,7 +101,7 @@ def describe(precision: str, device: torch.device | str, training: bool = True) 
 
     ``precision``: the requested name; ``training=False`` (inference) leaves the scaler out.
     """
-    device = _device(device)
+    device = resolve_device(device)
     resolved = resolve_precision(precision, device)
     text = f"precision: {resolved}"
     if resolved == "fp16" and training:

@@ -35,6 +35,7 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+import openslide
 from PIL import Image
 
 from hipt.errors import MissingMPPError, SlideError
@@ -322,8 +323,6 @@ class Slide:
     # ------------------------------------------------------------------ reading
     def _read_level(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
         """OpenSlide ``read_region`` composited onto white → RGB PIL image (out-of-slide = white)."""
-        import openslide
-
         try:
             rgba = self._backend().read_region((int(location[0]), int(location[1])), level,
                                                (int(size[0]), int(size[1])))
@@ -453,8 +452,6 @@ def open_slide(path: str | Path, mpp: float | None = None, *, require_mpp: bool 
         SlideError: missing file, not a slide, truncated/corrupt file, implausible mpp.
         MissingMPPError: no resolution metadata and no ``mpp`` given.
     """
-    import openslide
-
     path = Path(path).expanduser()
     if not path.exists():
         raise SlideError(path, "file not found")

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 __all__ = [
@@ -113,8 +114,6 @@ def discretize_survival(
         ``(labels [N] int64 in 0..n_bins−1, edges [n_bins + 1] float64)``.  Reuse ``edges`` on other
         data with :func:`apply_bins`.
     """
-    import pandas as pd
-
     t = np.asarray(months, dtype=np.float64).ravel()
     cens = np.asarray(censorship, dtype=np.float64).ravel()
     if t.shape != cens.shape:
@@ -140,8 +139,6 @@ def discretize_survival(
 
 def apply_bins(months: Any, edges: Any) -> np.ndarray:
     """Bin times with given edges (``[e_k, e_{k+1})``); times outside the edges go to the first/last bin."""
-    import pandas as pd
-
     t = np.asarray(months, dtype=np.float64).ravel()
     e = np.asarray(edges, dtype=np.float64)
     labels = pd.cut(t, bins=e, right=False, include_lowest=True, labels=False)

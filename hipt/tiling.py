@@ -32,19 +32,21 @@ other options) are removed, so that ``coords/`` always agrees with ``summary.csv
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 from hipt import __version__
 from hipt.errors import HIPTError, InputFileError, SlideError
-from hipt.io import atomic_path, atomic_write_text
+from hipt.io import atomic_path
+from hipt.jobs import SUMMARY_NAME, failure_reason, record_results
 from hipt.slide import Slide, iter_slide_files, open_slide
 from hipt.tissue import TissueMask, segment_tissue
 
@@ -71,7 +73,6 @@ DEFAULT_REGION_SIZE = 4096
 DEFAULT_PATCH_SIZE = 256
 DEFAULT_MIN_TISSUE = 0.25
 
-SUMMARY_COLUMNS = ("slide", "status", "n_regions", "reason")
 
 
 # ---------------------------------------------------------------------------------------------- grid
@@ -191,8 +192,6 @@ def _plain(v: object) -> object:
 
 def load_coords(h5_path: str | Path) -> RegionCoords:
     """Read a ``coords/<slide>.h5`` written by ``hipt patch`` / :func:`patch_slide`."""
-    import h5py
-
     path = Path(h5_path)
     if not path.is_file():
         raise InputFileError(path, "coords file not found", "run 'hipt patch' first")
@@ -223,8 +222,6 @@ def load_coords(h5_path: str | Path) -> RegionCoords:
 
 def _write_coords(dest: Path, slide: Slide, grid: RegionGrid, tissue: TissueMask, *, target_mpp: float,
                   region_size: int, patch_size: int, min_tissue: float, mpp_override: float | None) -> None:
-    import h5py
-
     with atomic_path(dest) as tmp:
         with h5py.File(tmp, "w") as f:
             ds = f.create_dataset("coords", data=grid.coords.astype(np.int64))
@@ -431,24 +428,6 @@ def _collect_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def _read_summary(path: Path) -> dict[str, dict[str, str]]:
-    if not path.is_file():
-        return {}
-    try:
-        with open(path, newline="") as f:
-            return {row["slide"]: row for row in csv.DictReader(f) if row.get("slide")}
-    except (OSError, KeyError, csv.Error):
-        return {}
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, InputFileError):
-        return e.problem + (f"; {e.hint}" if e.hint else "")
-    if isinstance(e, HIPTError):
-        return str(e)
-    return f"unexpected {type(e).__name__}: {e}"
-
-
 def patch_folder(
     inputs: str | Path | Sequence[str | Path],
     out_dir: str | Path,
@@ -474,15 +453,11 @@ def patch_folder(
     Raises:
         InputFileError: an input does not exist, or a folder holds no slide files (nothing written).
     """
-    from tqdm.auto import tqdm
-
     _validate(kwargs.get("target_mpp", DEFAULT_TARGET_MPP), kwargs.get("region_size", DEFAULT_REGION_SIZE),
               kwargs.get("patch_size", DEFAULT_PATCH_SIZE), kwargs.get("min_tissue", DEFAULT_MIN_TISSUE))
     paths = _collect_inputs(inputs)
     out_dir = Path(out_dir)
     log = log or (lambda line: tqdm.write(line, file=sys.stderr))
-    summary_path = out_dir / "summary.csv"
-    previous = _read_summary(summary_path)
     results: list[PatchResult] = []
     seen: dict[str, Path] = {}
     bar = tqdm(paths, desc="hipt patch", unit="slide", disable=not progress)
@@ -498,29 +473,13 @@ def patch_folder(
         try:
             r = patch_slide(p, out_dir, **kwargs)
         except Exception as e:  # noqa: BLE001 - one bad slide must not stop the batch
-            r = PatchResult(name, p, "failed", reason=_reason(e))
+            r = PatchResult(name, p, "failed", reason=failure_reason(e))
             log(f"error: {e}" if isinstance(e, HIPTError) else f"error: {p}: {r.reason}")
         results.append(r)
     bar.close()
 
-    rows = dict(previous)
-    for r in results:
-        if r.skipped and previous.get(r.slide, {}).get("status") == "ok":
-            continue  # keep the earlier row as it was
-        rows[r.slide] = {k: str(v) for k, v in r.row().items()}
-    _write_summary(summary_path, rows.values())
+    record_results(out_dir / SUMMARY_NAME, results)
     return results
-
-
-def _write_summary(path: Path, rows: Iterable[dict[str, str]]) -> None:
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(SUMMARY_COLUMNS), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for row in sorted(rows, key=lambda r: r["slide"]):
-        w.writerow(row)
-    atomic_write_text(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------- CLI

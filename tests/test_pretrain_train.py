@@ -72,8 +72,8 @@ def test_resume_from_a_mid_run_checkpoint_drops_later_log_rows(tmp_path):
 
 
 def test_checkpoint_is_in_released_format_and_loads_into_the_models(tmp_path):
-    from hipt.models import ViT256
-    from hipt.models.weights import load_backbone, load_checkpoint, load_model
+    from hipt.models import ViT256, load_model
+    from hipt.models.weights import load_backbone, load_checkpoint
 
     cfg = make_config(1, out_dir=str(tmp_path), **TINY)
     result = train(cfg.replace(max_steps=1), ArrayPatches(_images()))

@@ -30,7 +30,8 @@ GROUPS = [
                 "hipt.models.weights", "hipt.models.mil"]),
     ("Feature extraction", ["hipt.features"]),
     ("Pretraining", ["hipt.pretrain", "hipt.pretrain.augment", "hipt.pretrain.head", "hipt.pretrain.loss",
-                     "hipt.pretrain.schedules", "hipt.pretrain.data", "hipt.pretrain.trainer"]),
+                     "hipt.pretrain.schedules", "hipt.pretrain.data", "hipt.pretrain.config",
+                     "hipt.pretrain.trainer"]),
     ("Slide-level tasks", ["hipt.tasks", "hipt.tasks.tcga", "hipt.tasks.splits", "hipt.tasks.preflight",
                            "hipt.tasks.datasets", "hipt.tasks.train", "hipt.tasks.tables", "hipt.tasks.route",
                            "hipt.metrics", "hipt.survival", "hipt.knn"]),
@@ -42,7 +43,8 @@ GROUPS = [
     ("Evidence: claims over seeds and findings that follow the numbers",
      ["hipt.evidence", "hipt.evidence.stage1", "hipt.evidence.stage2", "hipt.evidence.finetuning", "hipt.evidence.knn",
       "hipt.evidence.survival"]),
-    ("Reproduction, models zoo and plumbing", ["hipt.reproduce", "hipt.zoo", "hipt.cli", "hipt.io", "hipt.precision",
+    ("Reproduction, models zoo and plumbing", ["hipt.reproduce", "hipt.zoo", "hipt.cli", "hipt.io", "hipt.jobs",
+                                               "hipt.device", "hipt.precision",
                                                "hipt.paths", "hipt.errors"]),
 ]
 

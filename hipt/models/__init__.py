@@ -8,7 +8,8 @@
   ``[B, n, 384]`` (+ attention maps).
 - :class:`HIPTSlide`: HIPT-LGP-FC, ``[M, 256, 384]`` (or ``[M, 192]``) → slide logits + attention over regions.
 - :class:`HIPTGP`: HIPT-GP-FC, HIPT's global part alone on region tokens ``[M, 192]`` (the reference's released embeddings).
-- :mod:`hipt.models.weights`: the released checkpoints (registry, checks, safe loading, export).
+- :mod:`hipt.models.weights`: the released checkpoints (registry, checks, safe loading, export);
+  :func:`load_model` rebuilds a ViT from any of them.
 - :data:`NORMALIZATION`: ``"hipt"`` (mean = std = 0.5; the released checkpoints, default) and
   ``"imagenet"`` (what the reference's stage-1 training used).
 
@@ -21,6 +22,7 @@ from hipt.models.vit import (
     ViT4K,
     ViT256,
     interpolate_pos_embed,
+    load_model,
     sincos_pos_embed,
     transformer_flops,
     vit4k_tiny,
@@ -28,7 +30,7 @@ from hipt.models.vit import (
     vit256_small,
     vit256_tiny,
 )
-from hipt.models.weights import CHECKPOINTS, load_backbone, load_model, save_backbone
+from hipt.models.weights import CHECKPOINTS, load_backbone, save_backbone
 
 __all__ = [
     "CHECKPOINTS",

@@ -49,6 +49,7 @@ tokens ``[M, D4k]`` when the bag has no patch tokens (a released ``[M, 192]`` fi
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -148,8 +149,6 @@ class HIPTMIL(MILModel):
         use_feats4k: bool = True,
     ) -> None:
         super().__init__()
-        import warnings
-
         with warnings.catch_warnings():
             # frozen mode on precomputed feats4k never runs the local ViT: random init is harmless then
             if use_feats4k and local == "frozen":

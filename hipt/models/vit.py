@@ -21,7 +21,9 @@ only (``softmax(q·kᵀ·scale)`` from its own qkv weights); every other block k
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,10 +32,14 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from hipt.errors import CheckpointError
+from hipt.models.weights import backbone_state_dict, load_backbone, load_checkpoint
+
 __all__ = [
     "ViT256",
     "ViT4K",
     "interpolate_pos_embed",
+    "load_model",
     "sincos_pos_embed",
     "transformer_flops",
     "vit256_small",
@@ -215,12 +221,8 @@ class _ViTCore(nn.Module):
         ``blk(t)`` (up to floating-point rounding, checked by the tests).
         """
         attn_mod = blk.attn
-        x = blk.norm1(t)
-        b, n, _ = x.shape
-        qkv = attn_mod.qkv(x).reshape(b, n, 3, attn_mod.num_heads, attn_mod.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = attn_mod.q_norm(q), attn_mod.k_norm(k)
-        attn = ((q * attn_mod.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        attn, v = _attention_matrix(attn_mod, blk.norm1(t))
+        b, n = t.shape[:2]
         y = attn_mod.attn_drop(attn) @ v
         y = y.transpose(1, 2).reshape(b, n, -1)
         y = attn_mod.proj_drop(attn_mod.proj(attn_mod.norm(y)))
@@ -248,13 +250,8 @@ class _ViTCore(nn.Module):
         for blk in self.blocks[:-1]:
             t = blk(t)
         blk = self.blocks[-1]
-        attn_mod = blk.attn
-        y = blk.norm1(t)
-        b, n, _ = y.shape
-        qkv = attn_mod.qkv(y).reshape(b, n, 3, attn_mod.num_heads, attn_mod.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, _ = qkv.unbind(0)
-        q, k = attn_mod.q_norm(q), attn_mod.k_norm(k)
-        return ((q * attn_mod.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        attn, _ = _attention_matrix(blk.attn, blk.norm1(t))
+        return attn
 
     def get_intermediate_layers(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
         """Normalized outputs ``[B, 1+N, D]`` of the last ``n`` blocks (as DINO's linear evaluation)."""
@@ -274,6 +271,17 @@ class _ViTCore(nn.Module):
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, depth={self.depth}, num_heads={self.num_heads}"
+
+
+def _attention_matrix(attn_mod: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The explicit attention of a timm ``Attention`` on normalized tokens ``x [B, N, D]``:
+    ``(softmax(q·kᵀ·scale) [B, heads, N, N], values [B, heads, N, head_dim])``, from the module's own qkv
+    weights (the fused kernel gives no attention matrix)."""
+    b, n, _ = x.shape
+    qkv = attn_mod.qkv(x).reshape(b, n, 3, attn_mod.num_heads, attn_mod.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn_mod.q_norm(q), attn_mod.k_norm(k)
+    return ((q * attn_mod.scale) @ k.transpose(-2, -1)).softmax(dim=-1), v
 
 
 def _init_module(m: nn.Module) -> None:
@@ -434,8 +442,6 @@ class ViT4K(_ViTCore):
 
 def _maybe_load(model: nn.Module, weights: Any) -> nn.Module:
     if weights is not None:
-        from hipt.models.weights import load_backbone
-
         load_backbone(model, weights)
     return model
 
@@ -471,3 +477,47 @@ def vit4k_tiny(weights: Any = None, input_embed_dim: int = 192, **kwargs: Any) -
     """
     kw = {"embed_dim": 192, "depth": 2, "num_heads": 3} | kwargs
     return _maybe_load(ViT4K(input_embed_dim=input_embed_dim, **kw), weights)
+
+
+# -- from a checkpoint --------------------------------------------------------------------------
+
+
+def load_model(weights: str | Path, trusted: bool = False, **overrides: Any) -> nn.Module:
+    """Rebuild a ViT256 / ViT4K from a checkpoint and load it (strictly), in eval mode.
+
+    The architecture comes from the ``hipt.config`` a :func:`save_backbone` file stores, else from the
+    DINO ``args`` of a released checkpoint (``arch`` ``vit_small`` / ``vit4k_xs`` / the tiny names, or
+    ``num_heads``) and the tensor shapes (heads otherwise assumed 64-d for ViT256, 32-d for ViT4K:
+    the number of heads is the one thing a state dict does not show).
+    """
+    ckpt = load_checkpoint(weights, trusted=trusted)
+    sd = backbone_state_dict(ckpt)
+    cfg = dict((ckpt.get("hipt") or {}).get("config") or {})
+    if not cfg:
+        cfg = _infer_config(sd, ckpt.get("args"))
+    cfg.update(overrides)
+    arch = cfg.pop("arch")
+    model = ViT256(**cfg) if arch == "vit256" else ViT4K(**cfg)
+    load_backbone(model, ckpt)
+    return model.eval()
+
+
+def _infer_config(sd: Mapping[str, torch.Tensor], args: Any) -> dict[str, Any]:
+    if "cls_token" not in sd:
+        raise CheckpointError("<checkpoint>", "has no ViT backbone (no cls_token)")
+    dim = sd["cls_token"].shape[-1]
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    hidden = sd["blocks.0.mlp.fc1.weight"].shape[0]
+    grid = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5))
+    arch_name = str(getattr(args, "arch", "") or "")
+    heads_of = {"vit_tiny": 3, "vit_small": 6, "vit_base": 12, "vit256_tiny": 3, "vit256_small": 6,
+                "vit4k_xs": 6, "vit4k_tiny": 3}
+    explicit = getattr(args, "num_heads", None)
+    if "patch_embed.proj.weight" in sd:
+        p = sd["patch_embed.proj.weight"].shape[-1]
+        heads = explicit or heads_of.get(arch_name, max(1, dim // 64))
+        return {"arch": "vit256", "embed_dim": dim, "depth": depth, "num_heads": heads, "patch_size": p,
+                "mlp_ratio": hidden / dim, "img_size": grid * p, "in_chans": sd["patch_embed.proj.weight"].shape[1]}
+    heads = explicit or heads_of.get(arch_name, max(1, dim // 32))
+    return {"arch": "vit4k", "input_embed_dim": sd["phi.0.weight"].shape[1], "embed_dim": dim, "depth": depth,
+            "num_heads": heads, "mlp_ratio": hidden / dim, "pos_grid": grid}

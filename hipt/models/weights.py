@@ -20,7 +20,9 @@ What :func:`load_backbone` does, fixing the reference loader's silent failures (
 
 :func:`save_backbone` writes a slim checkpoint in the same format (``{'teacher': {'backbone.*'}, 'hipt':
 {config}}``: only tensors, strings and numbers, so it loads with ``weights_only=True`` and no allow-list);
-:func:`load_model` rebuilds any ViT256/ViT4K (tiny ones too) from such a file or a released one.
+:func:`hipt.models.vit.load_model` rebuilds any ViT256/ViT4K (tiny ones too) from such a file or a released
+one.  This module reads and writes state dicts of any module; it knows no architecture, so that the
+ViTs (:mod:`hipt.models.vit`) can load weights without an import circle.
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ __all__ = [
     "backbone_state_dict",
     "load_backbone",
     "load_checkpoint",
-    "load_model",
     "resolve_weights",
     "save_backbone",
 ]
@@ -243,7 +244,7 @@ def save_backbone(model: nn.Module, path: str | Path, extra: Mapping[str, Any] |
 
     Content: ``{'teacher': {'backbone.<key>': tensor}, 'hipt': {'config': model.config, **extra}}`` —
     tensors, strings and numbers only, so :func:`load_checkpoint` reads it with ``weights_only=True``,
-    :func:`load_backbone` loads it, and :func:`load_model` rebuilds the architecture from it.
+    :func:`load_backbone` loads it, and :func:`hipt.models.vit.load_model` rebuilds the architecture from it.
     """
     sd = {f"backbone.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
     meta: dict[str, Any] = dict(extra or {})
@@ -253,46 +254,3 @@ def save_backbone(model: nn.Module, path: str | Path, extra: Mapping[str, Any] |
     with atomic_path(path) as tmp:
         torch.save({"teacher": sd, "hipt": meta}, tmp)
     return Path(path)
-
-
-def load_model(weights: str | Path, trusted: bool = False, **overrides: Any) -> nn.Module:
-    """Rebuild a ViT256 / ViT4K from a checkpoint and load it (strictly), in eval mode.
-
-    The architecture comes from the ``hipt.config`` a :func:`save_backbone` file stores, else from the
-    DINO ``args`` of a released checkpoint (``arch`` ``vit_small`` / ``vit4k_xs`` / the tiny names, or
-    ``num_heads``) and the tensor shapes (heads otherwise assumed 64-d for ViT256, 32-d for ViT4K:
-    the number of heads is the one thing a state dict does not show).
-    """
-    from hipt.models.vit import ViT4K, ViT256
-
-    ckpt = load_checkpoint(weights, trusted=trusted)
-    sd = backbone_state_dict(ckpt)
-    cfg = dict((ckpt.get("hipt") or {}).get("config") or {})
-    if not cfg:
-        cfg = _infer_config(sd, ckpt.get("args"))
-    cfg.update(overrides)
-    arch = cfg.pop("arch")
-    model = ViT256(**cfg) if arch == "vit256" else ViT4K(**cfg)
-    load_backbone(model, ckpt)
-    return model.eval()
-
-
-def _infer_config(sd: Mapping[str, torch.Tensor], args: Any) -> dict[str, Any]:
-    if "cls_token" not in sd:
-        raise CheckpointError("<checkpoint>", "has no ViT backbone (no cls_token)")
-    dim = sd["cls_token"].shape[-1]
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    hidden = sd["blocks.0.mlp.fc1.weight"].shape[0]
-    grid = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5))
-    arch_name = str(getattr(args, "arch", "") or "")
-    heads_of = {"vit_tiny": 3, "vit_small": 6, "vit_base": 12, "vit256_tiny": 3, "vit256_small": 6,
-                "vit4k_xs": 6, "vit4k_tiny": 3}
-    explicit = getattr(args, "num_heads", None)
-    if "patch_embed.proj.weight" in sd:
-        p = sd["patch_embed.proj.weight"].shape[-1]
-        heads = explicit or heads_of.get(arch_name, max(1, dim // 64))
-        return {"arch": "vit256", "embed_dim": dim, "depth": depth, "num_heads": heads, "patch_size": p,
-                "mlp_ratio": hidden / dim, "img_size": grid * p, "in_chans": sd["patch_embed.proj.weight"].shape[1]}
-    heads = explicit or heads_of.get(arch_name, max(1, dim // 32))
-    return {"arch": "vit4k", "input_embed_dim": sd["phi.0.weight"].shape[1], "embed_dim": dim, "depth": depth,
-            "num_heads": heads, "mlp_ratio": hidden / dim, "pos_grid": grid}

@@ -9,7 +9,8 @@ machinery:
 - :mod:`~hipt.pretrain.loss`      :class:`DINOLoss`
 - :mod:`~hipt.pretrain.schedules` LR / weight decay / momentum / teacher temperature schedules
 - :mod:`~hipt.pretrain.data`      streaming datasets and the resumable, shardable sampler
-- :mod:`~hipt.pretrain.trainer`   :class:`PretrainConfig`, presets, :func:`train`, ``hipt pretrain``
+- :mod:`~hipt.pretrain.config`    :class:`PretrainConfig`, the presets (``cpu``, ``gpu``, ``paper``), :func:`make_config`
+- :mod:`~hipt.pretrain.trainer`   :func:`train` (setup, resume, one epoch at a time), ``hipt pretrain``
 - ``hipt.pretrain.export``    train-or-load (``pretrained``) and checkpoint loading
 - ``hipt.pretrain.evaluate``  KNN probes used to show that pretraining learns
 """
@@ -21,7 +22,8 @@ from hipt.pretrain.data import ArrayPatches, FeatureGrids, ImageFolderPatches, S
 from hipt.pretrain.head import DINOHead, MultiCropWrapper
 from hipt.pretrain.loss import DINOLoss
 from hipt.pretrain.schedules import cosine_schedule, dino_schedules, scaled_lr, teacher_temp_schedule
-from hipt.pretrain.trainer import PRESETS, PretrainConfig, TrainResult, make_config, read_log, train
+from hipt.pretrain.config import PRESETS, PretrainConfig, make_config
+from hipt.pretrain.trainer import TrainResult, read_log, train
 
 __all__ = [
     "PRESETS",

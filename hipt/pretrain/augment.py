@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
+from hipt.models import NORMALIZATION
+
 def normalization_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``(mean, std)`` of a named normalization (:data:`hipt.models.NORMALIZATION`): ``"imagenet"``
     (what the reference's stage-1 DINO training used) or ``"hipt"`` (mean = std = 0.5: what its
     inference code, and so every user of the released checkpoints, uses)."""
-    from hipt.models import NORMALIZATION
-
     if name not in NORMALIZATION:
         raise ValueError(f"unknown normalization {name!r}; choose one of {sorted(NORMALIZATION)}")
     mean, std = NORMALIZATION[name]

@@ -32,12 +32,16 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from hipt.errors import InputFileError
 from hipt.io import data_files
+from hipt.pretrain.augment import tokens_to_grid
+from hipt.slide import open_slide
+from hipt.tiling import load_coords
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
@@ -191,8 +195,6 @@ class SlidePatches(_KeyedDataset):
         slides_dir: str | Path | None = None,
         transform: Callable | None = None,
     ):
-        from hipt.tiling import load_coords
-
         if isinstance(coords, (str, Path)):
             folder = Path(coords) / "coords" if (Path(coords) / "coords").is_dir() else Path(coords)
             coords = data_files(folder, "*.h5")
@@ -222,8 +224,6 @@ class SlidePatches(_KeyedDataset):
 
     def _slide(self, s: int):
         if s not in self._open:
-            from hipt.slide import open_slide
-
             self._open[s] = open_slide(self.sources[s][0], mpp=self.sources[s][1])
         return self._open[s]
 
@@ -270,8 +270,6 @@ class FeatureGrids(_KeyedDataset):
             if f.suffix == ".pt":
                 index.append((i, -1))
                 continue
-            import h5py
-
             try:
                 with h5py.File(f, "r") as h5:
                     if "feats256" not in h5:
@@ -306,14 +304,10 @@ class FeatureGrids(_KeyedDataset):
         if j < 0:
             return torch.load(f, map_location="cpu", weights_only=True).float().numpy()
         if i not in self._h5:
-            import h5py
-
             self._h5[i] = h5py.File(f, "r")
         return np.asarray(self._h5[i]["feats256"][j], dtype=np.float32)
 
     def load(self, index: int) -> torch.Tensor:
-        from hipt.pretrain.augment import tokens_to_grid
-
         return tokens_to_grid(self.tokens(index), self.grid_hw)
 
     def __getstate__(self):

@@ -25,8 +25,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn as nn
+from sklearn.cluster import KMeans
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.model_selection import GroupKFold, StratifiedKFold
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torchvision.transforms import v2
 
+from hipt.phantom import _E_OD, _GLASS_OD, _H_OD, phantom_patches
 from hipt.pretrain.augment import _seeded, eval_patch_transform, to_chw_uint8
+from hipt.pretrain.trainer import build_backbone
 
 #: First seed of the stage-1 KNN test's patches (KNN training set, test set, stain shift: ``+0, +1, +2``).
 #: Fixed after the cpu-tiny preset was chosen and never used to choose it: the settings of that preset were
@@ -44,8 +54,6 @@ def stain_shift(images: np.ndarray, seed: int = 0, strength: float = 0.3, hue: f
     The same kind of change as DINO's colour augmentation (:class:`hipt.pretrain.PatchMultiCrop`), so a
     pretrained model is tested on shifts it was trained to ignore; :func:`od_stain_shift` is the test
     that does not share that augmentation."""
-    from torchvision.transforms import v2
-
     jitter = v2.ColorJitter(strength, strength, strength, hue)
     out = np.empty_like(images)
     for i, im in enumerate(images):
@@ -57,8 +65,6 @@ def stain_shift(images: np.ndarray, seed: int = 0, strength: float = 0.3, hue: f
 def phantom_stain_matrix() -> np.ndarray:
     """``[3, 3]`` optical densities per RGB channel of one unit of hematoxylin, one of eosin, and of the
     glass (rows), as :mod:`hipt.phantom` renders them: ``rgb = 255·exp(−(h·H + e·E + glass))``."""
-    from hipt.phantom import _E_OD, _GLASS_OD, _H_OD
-
     return np.stack([_H_OD, _E_OD, _GLASS_OD]).astype(np.float64)
 
 
@@ -132,8 +138,6 @@ def knn_predict(
 ) -> np.ndarray:
     """Labels ``[N_test]`` predicted by a k-NN classifier (cosine similarity on L2-normalized
     features, uniform votes, as DINO's KNN evaluation)."""
-    from sklearn.neighbors import KNeighborsClassifier
-
     def l2(x):
         x = np.asarray(x, dtype=np.float64)
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -154,8 +158,6 @@ def knn_accuracy(
     """
     pred = knn_predict(train_x, train_y, test_x, k)
     if balanced:
-        from sklearn.metrics import balanced_accuracy_score
-
         return float(balanced_accuracy_score(np.asarray(test_y), pred))
     return float((pred == np.asarray(test_y)).mean())
 
@@ -185,8 +187,6 @@ def random_init_backbone(config) -> nn.Module:
     """The backbone of a :class:`hipt.pretrain.PretrainConfig` at random initialization (seeded by its
     ``seed``, eval mode, no stochastic depth): the baseline of the KNN test.  The global torch RNG is
     left as it was."""
-    from hipt.pretrain.trainer import build_backbone
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return build_backbone(config, drop_path_rate=0.0).eval()
@@ -217,8 +217,6 @@ def stage1_knn_test(
 
     Returns ``{model name: {test name (KNN_TESTS): [n_eval] bool, True where classified right}}``.
     """
-    from hipt.phantom import phantom_patches
-
     x_tr, y_tr = phantom_patches(n_eval, seed=eval_seed, size=size)
     x_te, y_te = phantom_patches(n_eval, seed=eval_seed + 1, size=size)
     tests = {
@@ -286,8 +284,6 @@ def token_adjacency_features(grids: np.ndarray, n_clusters: int = 5, seed: int =
         ``[M, K(K+1)/2]`` float32 counts (upper triangle of the symmetric cluster-pair matrix, diagonal
         included: same-cluster edges measure how compact each tissue is).
     """
-    from sklearn.cluster import KMeans
-
     grids = np.asarray(grids, dtype=np.float32)
     if grids.ndim != 4:
         raise ValueError(f"token_adjacency_features: grids must be [M, D, H, W], got shape {grids.shape}")
@@ -350,12 +346,6 @@ def probe_auc(
     different class ratios biases a feature without signal far *below* 0.5 (each fold's intercept
     follows its training labels, which anti-correlate with its test labels).
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import GroupKFold, StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     y = np.asarray(y).astype(int)
     cv = GroupKFold(folds) if groups is not None else StratifiedKFold(folds, shuffle=True, random_state=0)
     splits = [(tr, te) for tr, te in cv.split(np.zeros(len(y)), y, groups) if len(np.unique(y[te])) == 2]

@@ -8,7 +8,7 @@ A training run writes ``checkpoint.pth`` in the released DINO format (``teacher`
 ``backbone.*``/``head.*`` keys, ``args``, ...), which :func:`hipt.models.weights.load_backbone` and
 ``hipt.models.vit256_small(weights=...)`` / ``vit4k_xs(weights=...)`` read directly.  At the end,
 ``pretrained`` also writes a slim ``teacher.pth`` (backbone only, with its architecture:
-:func:`hipt.models.weights.save_backbone`), which :func:`hipt.models.weights.load_model` rebuilds, tiny
+:func:`hipt.models.weights.save_backbone`), which :func:`hipt.models.vit.load_model` rebuilds, tiny
 variants included.
 """
 
@@ -58,7 +58,7 @@ def model_dir(config: PretrainConfig, tag: str | None = None) -> Path:
 
 def load_pretrained(path: str | Path) -> nn.Module:
     """A backbone (eval mode) from a ``teacher.pth`` or a training ``checkpoint.pth``."""
-    from hipt.models.weights import load_model
+    from hipt.models.vit import load_model
 
     return load_model(path)
 

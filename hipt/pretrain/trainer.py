@@ -2,8 +2,11 @@
 
 One entry point serves both stages: :func:`train` takes a flat :class:`PretrainConfig` (its fields are
 the book chapters' papermill parameters and the CLI's options), built from a preset
-(:data:`PRESETS`: ``cpu-tiny`` for a CPU, ``gpu`` for the paper's networks on a schedule that fits a
-Colab session, ``paper`` for the reference hyper-parameters).
+(:data:`~hipt.pretrain.config.PRESETS`: ``cpu`` for a CPU, ``gpu`` for the paper's networks on a schedule
+that fits a Colab session, ``paper`` for the reference hyper-parameters; :mod:`hipt.pretrain.config`).
+The run is laid out as DINO's ``main_dino.py``: :func:`setup` builds the data, the networks, the loss,
+the optimizer and the schedules; :func:`resume` restores a checkpoint; :func:`train_one_epoch` takes
+the steps of one epoch.
 
 Runs on one CPU or GPU without any process group, or on several GPUs / nodes with
 ``torchrun --nproc_per_node N -m hipt.cli pretrain ...`` (DDP; the global batch is
@@ -43,27 +46,44 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from tqdm.auto import tqdm
 
+from hipt import models
+from hipt.device import resolve_device
 from hipt.errors import HIPTError
 from hipt.io import atomic_path, atomic_write_text
+from hipt.models.weights import load_backbone, load_checkpoint
+from hipt.phantom import phantom_patches
 from hipt.precision import autocast, describe, grad_scaler, resolve_precision
 from hipt.pretrain.augment import GridMultiCrop, PatchMultiCrop
+# The configuration's names stay importable from here (documented in hipt.pretrain.config only).
+from hipt.pretrain.config import (  # noqa: F401
+    PRESET_ALIASES,
+    PRESETS,
+    PaperDataError,
+    PretrainConfig,
+    check_pretraining_data,
+    config_hash,
+    make_config,
+    paper_data_message,
+    preset_name,
+)
 from hipt.pretrain.data import (
     ArrayPatches,
     FeatureGrids,
@@ -76,241 +96,38 @@ from hipt.pretrain.head import DINOHead, MultiCropWrapper
 from hipt.pretrain.loss import DINOLoss, uniform_loss
 from hipt.pretrain.schedules import dino_schedules, scaled_lr
 
+__all__ = [
+    "CHECKPOINT_NAME",
+    "LOG_NAME",
+    "LongRunError",
+    "RunEstimate",
+    "TrainResult",
+    "TrainingRun",
+    "add_arguments",
+    "build_backbone",
+    "build_dataset",
+    "build_head",
+    "build_transform",
+    "cancel_last_layer_gradients",
+    "check_run_budget",
+    "clip_gradients",
+    "describe_device",
+    "ema_update",
+    "estimate_run",
+    "format_minutes",
+    "param_groups",
+    "read_log",
+    "resume",
+    "run",
+    "run_steps",
+    "setup",
+    "time_step",
+    "train",
+    "train_one_epoch",
+]
+
 CHECKPOINT_NAME = "checkpoint.pth"
 LOG_NAME = "log.jsonl"
-
-
-# ------------------------------------------------------------------------------------------------
-# configuration
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PretrainConfig:
-    """Every setting of a DINO run (flat: the fields are the chapters' papermill parameters).
-
-    Data (``data``): ``"phantom"`` (stage 1: ``n_phantom`` in-memory phantom patches of
-    ``patch_size`` px; stage 2: pass the grids to :func:`train` as ``dataset``), a folder of images, a
-    ``hipt patch`` output folder (stage 1: ``patch_size``-px patches read from the slides inside its
-    regions; ``slides`` = the slides' folder if they moved since patching), or a folder of
-    ``hipt extract`` HDF5 files (stage 2, their ``feats256``).
-    """
-
-    stage: int = 1
-    preset: str = "cpu-tiny"
-    # -- data
-    data: str = "phantom"
-    slides: str | None = None
-    n_phantom: int = 1536
-    phantom_seed: int = 1000
-    patch_size: int = 128
-    # -- backbone
-    arch: str = "vit256_tiny"
-    input_embed_dim: int = 192
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    drop_path_rate: float = 0.1
-    init_weights: str | None = None
-    pos_embed_init: str = "trunc_normal"
-    # -- head
-    out_dim: int = 4096
-    head_hidden_dim: int = 2048
-    head_bottleneck_dim: int = 256
-    head_nlayers: int = 3
-    norm_last_layer: bool = True
-    use_bn_in_head: bool = False
-    # -- crops
-    global_crop_size: int = 96
-    local_crop_size: int = 48
-    local_crops_number: int = 8
-    global_crops_scale: tuple[float, float] = (0.4, 1.0)
-    local_crops_scale: tuple[float, float] = (0.05, 0.4)
-    normalization: str = "hipt"
-    grid_dropout: float = 0.0
-    # -- optimization
-    batch_size_per_gpu: int = 32
-    epochs: int = 3
-    steps_per_epoch: int | None = None
-    lr: float = 5e-4
-    min_lr: float = 1e-6
-    warmup_epochs: int = 1
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    momentum_teacher: float = 0.99
-    warmup_teacher_temp: float = 0.04
-    teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: int = 0
-    student_temp: float = 0.1
-    center_momentum: float = 0.9
-    clip_grad: float = 3.0
-    clip_mode: str = "param"
-    freeze_last_layer: int = 1
-    precision: str = "fp32"
-    # -- run
-    out_dir: str = "data/runs/pretrain_stage1"
-    checkpoint_every: int = 100
-    log_every: int = 1
-    seed: int = 0
-    num_workers: int = 0
-    device: str = "auto"
-    resume: bool = True
-    max_steps: int | None = None
-    progress: bool = True
-
-    def replace(self, **changes: Any) -> PretrainConfig:
-        """A copy with some fields changed (unknown names are an error)."""
-        return dataclasses.replace(self, **changes)
-
-    @property
-    def ncrops(self) -> int:
-        return 2 + self.local_crops_number
-
-
-#: The reference's DINO settings shared by both stages of the ``paper`` preset (main_dino / main_dino4k):
-#: head, temperatures, schedules, optimizer, precision.
-_PAPER_DINO: dict[str, Any] = dict(
-    out_dim=65536, head_hidden_dim=2048, head_bottleneck_dim=256, head_nlayers=3, norm_last_layer=True,
-    use_bn_in_head=False, pos_embed_init="trunc_normal", drop_path_rate=0.1,
-    batch_size_per_gpu=64, epochs=100, warmup_epochs=10, lr=5e-4, min_lr=1e-6,
-    weight_decay=0.04, weight_decay_end=0.4, momentum_teacher=0.996, warmup_teacher_temp=0.04,
-    teacher_temp=0.04, warmup_teacher_temp_epochs=0, student_temp=0.1, center_momentum=0.9,
-    clip_grad=3.0, clip_mode="param", freeze_last_layer=1, precision="fp16", seed=0,
-    checkpoint_every=2000, log_every=10,
-)
-
-#: Presets: the CPU book's tiny runs and the reference hyper-parameters (§4 of the reference notes).
-PRESETS: dict[str, dict[int, dict[str, Any]]] = {
-    "cpu-tiny": {
-        # 4 epochs × 48 steps of 32 patches in bf16, with a head of 512 hidden units for the 192-d
-        # tiny ViT (the paper's 2048 serve a 384-d ViT-S): ~2 min on 2 CPU cores.  bf16 autocast is
-        # faster than fp32 on CPUs with bf16 support, and a smaller head costs less per step for a
-        # similar KNN gain over random init, so more steps fit in the chapter's budget.  These settings
-        # were chosen on the colour-jittered KNN test of seeds 101-103 (benchmarks/bench_dino_knn.py);
-        # chapter 3 tests them on other seeds (hipt.pretrain.evaluate.EVAL_SEED).
-        1: dict(
-            arch="vit256_tiny", data="phantom", n_phantom=1536, patch_size=128, global_crop_size=96,
-            local_crop_size=48, out_dim=4096, head_hidden_dim=512, batch_size_per_gpu=32, epochs=4, warmup_epochs=1,
-            momentum_teacher=0.99, normalization="hipt", drop_path_rate=0.1, checkpoint_every=100,
-            precision="bf16",
-            out_dir="data/runs/pretrain_stage1",
-        ),
-        # Every phantom region holds the same tissue mixture, so at initialization all views give
-        # nearly the same teacher output and centring leaves a uniform target: the paper's head (no
-        # BatchNorm, teacher temperature 0.04) collapses.  DINO's BatchNorm head and a sharper teacher
-        # keep it training; 2-D sine-cosine position embeddings give a short run a position signal
-        # that tells neighbouring cells apart.  Measurements: book/appendix_phantom_design.md.
-        2: dict(
-            arch="vit4k_tiny", input_embed_dim=192, data="phantom", global_crop_size=7, local_crop_size=3,
-            out_dim=4096, batch_size_per_gpu=32, epochs=30, warmup_epochs=3, momentum_teacher=0.99,
-            drop_path_rate=0.1, use_bn_in_head=True, warmup_teacher_temp=0.02, teacher_temp=0.02,
-            pos_embed_init="sincos",
-            checkpoint_every=200, out_dir="data/runs/pretrain_stage2",
-        ),
-    },
-    "paper": {
-        # Every setting of the reference's main_dino.py / main_dino4k.py (HIPT-REFERENCE.md §4), spelled
-        # out rather than left to the dataclass defaults: a DINO head without BatchNorm, 65,536
-        # prototypes, teacher temperature 0.04 without warm-up, teacher momentum 0.996 -> 1, lr 5e-4 per
-        # 256 images with 10 warm-up epochs, weight decay 0.04 -> 0.4, 2 global + 8 local crops, fp16
-        # with a gradient scaler, trunc-normal position embeddings.  The schedule is the README table's
-        # (400k iterations for stage 1, 200k for stage 2): 100 "epochs" of a fixed number of steps.
-        # Batch 64 per GPU: the paper's 256 in total needs 4 processes (torchrun); with fewer the
-        # global batch is smaller and the lr scales down with it (scaled_lr).  Data: real patches
-        # (stage 1) or hipt extract features (stage 2) only; phantom data are refused
-        # (check_pretraining_data).  On a CPU pass precision="bf16" or "fp32".
-        1: dict(
-            arch="vit256_small", patch_size=256, global_crop_size=224, local_crop_size=96, local_crops_number=8,
-            global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4), normalization="imagenet",
-            steps_per_epoch=4000, num_workers=10, out_dir="data/runs/pretrain_stage1_paper",
-            **_PAPER_DINO,
-        ),
-        2: dict(
-            arch="vit4k_xs", input_embed_dim=384, patch_size=256, global_crop_size=14, local_crop_size=6,
-            local_crops_number=8, grid_dropout=0.0,
-            steps_per_epoch=2000, num_workers=4, out_dir="data/runs/pretrain_stage2_paper",
-            **_PAPER_DINO,
-        ),
-    },
-}
-
-
-#: The ``gpu`` preset, built on the ``paper`` one: the paper's networks, crops and geometry on a schedule
-#: that fits a Colab session.
-PRESETS["gpu"] = {
-    # Stage 1: the reference's ViT-S/16, 224/96-px crops of 256-px patches, head and temperatures, cut
-    # from 400,000 steps to 500 (5 epochs of 6,400 phantom patches, or of your data, at batch 64; one
-    # warm-up epoch): about 2.5 min at the 218 images/s measured on an H200 (gpu_dino_stage1.json), a
-    # slower GPU in proportion, within one Colab session.  Precision follows
-    # the GPU (hipt.precision: bf16 on Ampere or newer, fp16 with a gradient scaler on a T4).  Phantom
-    # patches are allowed (this preset is a teaching run, not the paper's model); pass data for real ones.
-    1: {**PRESETS["paper"][1], **dict(
-        data="phantom", n_phantom=6400, steps_per_epoch=None, epochs=5, warmup_epochs=1,
-        precision="auto", num_workers=2, checkpoint_every=100, out_dir="data/runs/pretrain_stage1_gpu",
-    )},
-    # Stage 2: the reference's ViT-XS on 14/6-cell crops of 16x16 grids of 384-d tokens, for 50 epochs of
-    # the pretraining regions (200 steps on the book's 64-slide phantom cohort).  On phantom regions it
-    # takes the three settings with which the CPU preset's stage 2 trains instead of collapsing (every
-    # phantom region holds the same tissue mixture): a BatchNorm head, teacher temperature 0.02, sine-cosine
-    # position embeddings (book/appendix_phantom_design.md).  For real features pass data, and the
-    # reference head with use_bn_in_head=False, teacher_temp=0.04, pos_embed_init="trunc_normal".
-    2: {**PRESETS["paper"][2], **dict(
-        data="phantom", steps_per_epoch=None, epochs=50, warmup_epochs=5, precision="auto", num_workers=2,
-        use_bn_in_head=True, warmup_teacher_temp=0.02, teacher_temp=0.02, pos_embed_init="sincos",
-        checkpoint_every=100, out_dir="data/runs/pretrain_stage2_gpu",
-    )},
-}
-
-
-class PaperDataError(HIPTError):
-    """A ``paper``-preset DINO run asked for phantom data (it pretrains on real data only)."""
-
-
-def paper_data_message(stage: int) -> str:
-    """What a ``paper``-preset run on phantom data is told: which folder to pass, and how to get it."""
-    if stage == 1:
-        what = ("pass data (hipt pretrain --data) a folder of patches: 256-px images, or the output folder of "
-                "hipt patch SLIDES --out PATCH_DIR (4096-px regions of 256-px patches at 0.5 µm/px, read from "
-                "your slides; the reference used TCGA slides, and released no patches)")
-        released = 'vit256_small_dino (hipt.models.vit256_small(weights="vit256_small_dino"))'
-    else:
-        what = ("pass data (hipt pretrain --data) a folder of hipt extract features: the feats256 of your "
-                "stage-1 model on 4096-px regions (hipt patch SLIDES --out PATCH_DIR, then hipt extract "
-                "--coords PATCH_DIR --vit256 STAGE1_CHECKPOINT --vit4k none --out FEATURES_DIR; the reference "
-                "used 433,779 TCGA regions, not released)")
-        released = 'vit4k_xs_dino (hipt.models.vit4k_xs(weights="vit4k_xs_dino"))'
-    return (f"preset 'paper' pretrains stage {stage} on real data, not on phantom tissue: {what}. Or train "
-            f"nothing and load the reference's released checkpoint {released}. Phantom pretraining is the "
-            "cpu-tiny preset's.")
-
-
-def check_pretraining_data(config: PretrainConfig, dataset=None) -> None:
-    """Refuse (:class:`PaperDataError`) a ``paper``-preset run on phantom data, before any work.
-
-    ``dataset``: a dataset passed to :func:`train` directly (then ``config.data`` is not read)."""
-    if config.preset == "paper" and config.data == "phantom" and dataset is None:
-        raise PaperDataError(paper_data_message(config.stage))
-
-
-def make_config(stage: int = 1, preset: str = "cpu-tiny", **overrides: Any) -> PretrainConfig:
-    """A :class:`PretrainConfig` from a preset (``"cpu-tiny"``/``"cpu"``, ``"gpu"`` or ``"paper"``) and overrides."""
-    preset = {"cpu": "cpu-tiny"}.get(preset, preset)
-    if preset not in PRESETS:
-        raise HIPTError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    if stage not in (1, 2):
-        raise HIPTError(f"stage must be 1 or 2, not {stage!r}")
-    values = {**PRESETS[preset][stage], **{k: v for k, v in overrides.items() if v is not None}}
-    return PretrainConfig(stage=stage, preset=preset, **values)
-
-
-_NOT_HASHED = ("out_dir", "progress", "num_workers", "resume", "device", "checkpoint_every", "log_every")
-
-
-def config_hash(config: PretrainConfig, ignore: tuple[str, ...] = _NOT_HASHED) -> str:
-    """A short hash of the settings that change the result (for cache folders)."""
-    d = {k: v for k, v in asdict(config).items() if k not in ignore}
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
 
 # ------------------------------------------------------------------------------------------------
 # models
@@ -329,8 +146,6 @@ def build_backbone(config: PretrainConfig, drop_path_rate: float | None = None) 
     """The ViT of the stage: ``vit256_small|vit256_tiny`` (stage 1) or ``vit4k_xs|vit4k_tiny`` (stage 2),
     the sizes of :mod:`hipt.models`' factories, overridden by ``embed_dim``/``depth``/``num_heads`` (and
     ``input_embed_dim`` for ViT4K) when set."""
-    from hipt import models
-
     if config.arch not in _ARCHS:
         raise HIPTError(f"unknown arch {config.arch!r}; choose one of {sorted(_ARCHS)}")
     cls_name, kwargs = _ARCHS[config.arch]
@@ -410,7 +225,7 @@ def build_transform(config: PretrainConfig):
         return PatchMultiCrop(
             config.global_crop_size, config.local_crop_size, config.local_crops_number,
             tuple(config.global_crops_scale), tuple(config.local_crops_scale), config.normalization,
-            defer_photometric=True,  # colour work on whole batches in the training loop (2.6x faster on 2 cores)
+            defer_photometric=True,  # colour work on whole batches in the training loop: far fewer small ops
         )
     return GridMultiCrop(config.global_crop_size, config.local_crop_size, config.local_crops_number, config.grid_dropout)
 
@@ -422,8 +237,6 @@ def build_dataset(config: PretrainConfig):
     data = config.data
     if config.stage == 1:
         if data == "phantom":
-            from hipt.phantom import phantom_patches
-
             images, _ = phantom_patches(config.n_phantom, seed=config.phantom_seed, size=config.patch_size)
             return ArrayPatches(images, transform)
         path = Path(data)
@@ -432,7 +245,7 @@ def build_dataset(config: PretrainConfig):
         return ImageFolderPatches(path, transform)
     if data == "phantom":
         raise HIPTError("stage 2 on phantom data: pass the feature grids as train(config, dataset=...) "
-                        "or use hipt.pretrain.pretrained(2, 'cpu-tiny'), which extracts them")
+                        "or use hipt.pretrain.pretrained(2, 'cpu'), which extracts them")
     return FeatureGrids(data, transform)
 
 
@@ -455,13 +268,12 @@ def _dist_setup(device: str) -> tuple[int, int, bool]:
 
 
 def _resolve_device(device: str) -> str:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":  # set_device needs an index: this process's local rank (0 without torchrun)
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
-    return device
+    """The run's device as a string (``cuda:<local rank>`` for ``auto``/``cuda`` on a GPU), made current:
+    NCCL and the CUDA RNG act on the current device."""
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        torch.cuda.set_device(resolved)
+    return str(resolved)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -486,9 +298,10 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def _torch_load(path: Path) -> dict[str, Any]:
-    from hipt.models.weights import load_checkpoint
-
+    """A run's checkpoint (its own file: no registry check)."""
     return load_checkpoint(path, verify=False)
+
+
 
 
 # ------------------------------------------------------------------------------------------------
@@ -738,7 +551,7 @@ def check_run_budget(estimates, max_minutes: float | None, allow_long_run: bool 
 
 
 # ------------------------------------------------------------------------------------------------
-# training
+# training: setup, resume, one epoch at a time
 # ------------------------------------------------------------------------------------------------
 
 
@@ -755,6 +568,58 @@ class TrainResult:
     config: PretrainConfig | None = None
 
 
+@dataclass
+class TrainingRun:
+    """Everything a DINO run carries from one step to the next (:func:`setup` builds it).
+
+    ``student_ddp`` is the student wrapped for several processes (the student itself in one process);
+    ``step`` is the number of optimizer steps taken so far (the step a resumed run starts from);
+    ``finished``: the checkpoint it resumes from already holds the whole run (nothing to train; the
+    data were not built).
+    """
+
+    config: PretrainConfig
+    device: str
+    rank: int
+    world: int
+    precision: str
+    student: MultiCropWrapper
+    teacher: MultiCropWrapper
+    student_ddp: nn.Module
+    dino_loss: DINOLoss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedules: dict[str, np.ndarray]
+    steps_per_epoch: int
+    total_steps: int
+    finished: bool = False
+    step: int = 0
+    log: list[dict[str, Any]] = field(default_factory=list)
+    deferred: Any = None  # the stage-1 transform whose colour half runs on whole batches in the loop
+    started: float = 0.0  # time.time() at the first step of this process (the log's "time")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.config.out_dir)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    @property
+    def stop_step(self) -> int:
+        return _stop_step(self.config, self.total_steps)
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size_per_gpu * self.world
+
+    def result(self) -> TrainResult:
+        checkpoint = self.checkpoint_path if self.finished or self.checkpoint_path.is_file() else None
+        return TrainResult(self.teacher.backbone.eval(), self.student.backbone, self.log, self.out_dir, checkpoint,
+                           self.schedules, self.config)
+
+
 def train(config: PretrainConfig, dataset=None, *, max_minutes: float | None = None) -> TrainResult:
     """Run (or resume) DINO pretraining for ``config.stage``; returns the trained teacher.
 
@@ -769,26 +634,44 @@ def train(config: PretrainConfig, dataset=None, *, max_minutes: float | None = N
     of the full schedule (the learning-rate, weight-decay, momentum and temperature schedules are the
     full run's, not compressed: a capped run is the start of the full one, and a later run with a
     larger ``max_steps`` and the same ``out_dir`` resumes it).
+
+    The run is :func:`setup`, :func:`resume` from ``<out_dir>/checkpoint.pth`` when there is one, then
+    :func:`train_one_epoch` for each epoch left, as in DINO's ``main_dino.py``.
     """
     device = _resolve_device(config.device)
     rank, world, created_pg = _dist_setup(device)
     try:
-        return _train(config, dataset, device, rank, world, max_minutes)
+        run, dataset, checkpoint = setup(config, dataset, device, rank, world, max_minutes)
+        if checkpoint is not None:
+            resume(run, checkpoint)
+        if run.finished:
+            return run.result()
+        loader = _loader(run, dataset)
+        bar = _progress_bar(run)
+        batches = iter(loader)
+        run.started = time.time()
+        spe = run.steps_per_epoch
+        for epoch in range(run.step // spe, -(-run.stop_step // spe)):
+            train_one_epoch(run, batches, epoch, bar)
+        if bar is not None:
+            bar.close()
+        return run.result()
     finally:
         if created_pg and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int,
-           max_minutes: float | None = None) -> TrainResult:
+def setup(config: PretrainConfig, dataset, device: str, rank: int = 0, world: int = 1,
+          max_minutes: float | None = None) -> tuple[TrainingRun, Any, dict[str, Any] | None]:
+    """Everything before the first step: the data, the estimate, the student and teacher, the loss, the
+    optimizer and the schedules.  Returns ``(run, dataset, checkpoint)``: ``checkpoint`` is the one to
+    :func:`resume` from (None for a fresh run); ``dataset`` is None for a finished run (a finished run
+    needs no data, and the phantom patches take a while to draw)."""
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    out_dir = Path(config.out_dir)
-    ckpt_path = out_dir / CHECKPOINT_NAME
-
+    ckpt_path = Path(config.out_dir) / CHECKPOINT_NAME
     global_batch = config.batch_size_per_gpu * world
     ckpt = _torch_load(ckpt_path) if config.resume and ckpt_path.is_file() else None
-    # A finished run needs no data (and the phantom patches take a while to draw): read the epoch
-    # length it used from its checkpoint.
+    # the epoch length a checkpointed run used, so that a finished run is recognized without its data
     done_spe = int(ckpt["steps_per_epoch"]) if ckpt is not None and "steps_per_epoch" in ckpt else None
     finished = done_spe is not None and int(ckpt["step"]) >= _stop_step(config, config.epochs * done_spe)
     # resolved before the data are drawn (fp16 on a CPU fails here); a finished run only loads its
@@ -838,76 +721,64 @@ def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int,
     ).to(device)
     optimizer = torch.optim.AdamW(param_groups(student))
     scaler = grad_scaler(device, precision)  # enabled for fp16 only; otherwise a pass-through
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
-
     schedules = dino_schedules(
         lr=scaled_lr(config.lr, global_batch), min_lr=config.min_lr, weight_decay=config.weight_decay,
         weight_decay_end=config.weight_decay_end, momentum_teacher=config.momentum_teacher,
         epochs=config.epochs, steps_per_epoch=steps_per_epoch, warmup_epochs=config.warmup_epochs,
     )
-
-    # -- resume
-    start_step = 0
-    log: list[dict[str, Any]] = []
-    if ckpt is not None:
-        student.load_state_dict(_strip(ckpt["student"], "module."))
-        teacher.load_state_dict(ckpt["teacher"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        dino_loss.load_state_dict(ckpt["dino_loss"])
-        if scaler.is_enabled() and ckpt.get("fp16_scaler"):
-            scaler.load_state_dict(ckpt["fp16_scaler"])
-        start_step = int(ckpt["step"])
-        rng = ckpt.get("rng") or {}
-        if rank < len(rng.get("per_rank", [])):
-            _set_rng_state(rng["per_rank"][rank])
-        log = _read_log(out_dir / LOG_NAME, start_step)
-
-    stop_step = _stop_step(config, total_steps)
-    if finished:
-        return TrainResult(teacher.backbone.eval(), student.backbone, log, out_dir, ckpt_path, schedules, config)
-    sampler = StreamSampler(len(dataset), global_batch, seed=config.seed, rank=rank, world_size=world,
-                            start_step=start_step, total_steps=stop_step)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=config.batch_size_per_gpu, sampler=sampler, num_workers=config.num_workers,
-        collate_fn=collate_crops, pin_memory=device_type == "cuda",
-        generator=torch.Generator().manual_seed(config.seed),  # keeps the global RNG untouched
-        persistent_workers=False, prefetch_factor=4 if config.num_workers > 0 else None,
-    )
-
     transform = getattr(dataset, "transform", None)
     deferred = transform if getattr(transform, "defer_photometric", False) else None
-    show = config.progress and rank == 0
-    bar = None
-    if show:
-        from tqdm.auto import tqdm
+    run = TrainingRun(config, device, rank, world, precision, student, teacher, student_ddp, dino_loss, optimizer,
+                      scaler, schedules, steps_per_epoch, total_steps, finished=finished, deferred=deferred)
+    return run, dataset, ckpt
 
-        bar = tqdm(total=stop_step, initial=start_step, desc=f"DINO stage {config.stage}", unit="step",
-                   dynamic_ncols=True)
-        bar.write(describe(config.precision, device))
-        if start_step == 0:
-            bar.write(f"uniform-output loss ln(out_dim) = {uniform_loss(config.out_dim):.3f}; "
-                      f"{total_steps} steps ({config.epochs} epochs × {steps_per_epoch}), global batch {global_batch}")
 
+def resume(run: TrainingRun, checkpoint: Mapping[str, Any]) -> None:
+    """Continue ``run`` where ``checkpoint`` left it: weights, optimizer, loss centre, gradient scale,
+    step, this rank's RNG states and the log up to that step (the loss sequence that follows equals an
+    uninterrupted run's)."""
+    run.student.load_state_dict(_strip(checkpoint["student"], "module."))
+    run.teacher.load_state_dict(checkpoint["teacher"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.dino_loss.load_state_dict(checkpoint["dino_loss"])
+    if run.scaler.is_enabled() and checkpoint.get("fp16_scaler"):
+        run.scaler.load_state_dict(checkpoint["fp16_scaler"])
+    run.step = int(checkpoint["step"])
+    rng = checkpoint.get("rng") or {}
+    if run.rank < len(rng.get("per_rank", [])):
+        _set_rng_state(rng["per_rank"][run.rank])
+    run.log = _read_log(run.out_dir / LOG_NAME, run.step)
+
+
+def train_one_epoch(run: TrainingRun, batches: Iterator, epoch: int, bar=None) -> None:
+    """The steps of ``epoch`` that are left (up to ``max_steps``), one batch of ``batches`` each: the
+    schedules' values for the step, forward of teacher and student, DINO loss, backward, gradient
+    clipping, the prototypes frozen during the first ``freeze_last_layer`` epochs, the optimizer step,
+    the teacher's EMA update, a log row every ``log_every`` steps and a checkpoint every
+    ``checkpoint_every`` (and at the last step)."""
+    config, device = run.config, run.device
+    student, teacher, optimizer, scaler, dino_loss = run.student, run.teacher, run.optimizer, run.scaler, run.dino_loss
+    schedules = run.schedules
     student.train()
     teacher.train()
-    step = start_step
-    t0 = time.time()
-    for crops in loader:
-        epoch = step // steps_per_epoch
+    end = min(run.stop_step, (epoch + 1) * run.steps_per_epoch)
+    while run.step < end:
+        step = run.step
+        crops = next(batches)
         for i, group in enumerate(optimizer.param_groups):
             group["lr"] = float(schedules["lr"][step])
             if i == 0:
                 group["weight_decay"] = float(schedules["wd"][step])
         crops = [c.to(device, non_blocking=True) for c in crops]
-        if deferred is not None:  # stage 1: the colour half of the augmentation, on the whole batch
-            crops = deferred.photometric(crops[:-1], crops[-1])
-        with autocast(device, precision):
+        if run.deferred is not None:  # stage 1: the colour half of the augmentation, on the whole batch
+            crops = run.deferred.photometric(crops[:-1], crops[-1])
+        with autocast(device, run.precision):
             with torch.no_grad():
                 teacher_out = teacher(crops[:2])
-            student_out = student_ddp(crops)
+            student_out = run.student_ddp(crops)
             loss = dino_loss(student_out, teacher_out, epoch)
         if not math.isfinite(loss.item()):
-            raise HIPTError(f"{out_dir}: loss is {loss.item()} at step {step}; stopping "
+            raise HIPTError(f"{run.out_dir}: loss is {loss.item()} at step {step}; stopping "
                             "(lower --lr, raise --warmup-epochs, or use --precision fp32)")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -920,28 +791,50 @@ def _train(config: PretrainConfig, dataset, device: str, rank: int, world: int,
         ema_update(teacher, student, float(schedules["momentum"][step]))
 
         loss_value = loss.detach()
-        if world > 1:
+        if run.world > 1:
             dist.all_reduce(loss_value)
-            loss_value = loss_value / world
-        step += 1
-        if step % config.log_every == 0 or step == stop_step:
-            log.append({
+            loss_value = loss_value / run.world
+        run.step = step = step + 1
+        if step % config.log_every == 0 or step == run.stop_step:
+            run.log.append({
                 "step": step, "epoch": epoch, "loss": float(loss_value), "lr": float(schedules["lr"][step - 1]),
                 "wd": float(schedules["wd"][step - 1]), "momentum": float(schedules["momentum"][step - 1]),
-                "teacher_temp": dino_loss.teacher_temp(epoch), "time": round(time.time() - t0, 3),
+                "teacher_temp": dino_loss.teacher_temp(epoch), "time": round(time.time() - run.started, 3),
             })
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss_value):.3f}", epoch=epoch)
-        if step % config.checkpoint_every == 0 or step == stop_step:
-            _save_checkpoint(ckpt_path, config, student, teacher, optimizer, dino_loss, scaler, step, epoch,
-                             steps_per_epoch, log, rank, world)
-    if bar is not None:
-        bar.close()
+        if step % config.checkpoint_every == 0 or step == run.stop_step:
+            _save_checkpoint(run, epoch)
 
-    teacher_backbone = teacher.backbone.eval()
-    return TrainResult(teacher_backbone, student.backbone, log, out_dir, ckpt_path if ckpt_path.is_file() else None,
-                       schedules, config)
+
+def _loader(run: TrainingRun, dataset) -> torch.utils.data.DataLoader:
+    """One stream of batches from the run's step to its last: every rank its shard of each global batch."""
+    config = run.config
+    sampler = StreamSampler(len(dataset), run.global_batch, seed=config.seed, rank=run.rank, world_size=run.world,
+                            start_step=run.step, total_steps=run.stop_step)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=config.batch_size_per_gpu, sampler=sampler, num_workers=config.num_workers,
+        collate_fn=collate_crops, pin_memory=run.device.startswith("cuda"),
+        generator=torch.Generator().manual_seed(config.seed),  # keeps the global RNG untouched
+        persistent_workers=False, prefetch_factor=4 if config.num_workers > 0 else None,
+    )
+
+
+def _progress_bar(run: TrainingRun):
+    """A tqdm bar over the run's steps (rank 0, ``progress`` on), with the precision and, at the start,
+    the loss of a uniform output (what a collapsed run stays at)."""
+    config = run.config
+    if not (config.progress and run.rank == 0):
+        return None
+    bar = tqdm(total=run.stop_step, initial=run.step, desc=f"DINO stage {config.stage}", unit="step",
+               dynamic_ncols=True)
+    bar.write(describe(config.precision, run.device))
+    if run.step == 0:
+        bar.write(f"uniform-output loss ln(out_dim) = {uniform_loss(config.out_dim):.3f}; "
+                  f"{run.total_steps} steps ({config.epochs} epochs × {run.steps_per_epoch}), "
+                  f"global batch {run.global_batch}")
+    return bar
 
 
 def _estimate_in_run(config: PretrainConfig, dataset, device: str, rank: int, world: int, total_steps: int,
@@ -968,8 +861,6 @@ def _strip(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
 
 def _load_initial_weights(student: MultiCropWrapper, teacher: MultiCropWrapper, weights: str) -> None:
     """Continued pretraining: backbones (and heads, where their shapes match) from a checkpoint."""
-    from hipt.models.weights import load_backbone, load_checkpoint
-
     ckpt = load_checkpoint(weights)
     load_backbone(student.backbone, ckpt, key="student" if "student" in ckpt else "teacher")
     src = ckpt.get("student", ckpt.get("teacher", {}))
@@ -980,9 +871,10 @@ def _load_initial_weights(student: MultiCropWrapper, teacher: MultiCropWrapper, 
         student.head.load_state_dict(head)
 
 
-def _save_checkpoint(path: Path, config, student, teacher, optimizer, dino_loss, scaler, step, epoch,
-                     steps_per_epoch, log, rank: int, world: int) -> None:
+def _save_checkpoint(run: TrainingRun, epoch: int) -> None:
     """Atomic checkpoint in the released DINO format, plus what exact resumption needs."""
+    path, config, step, log, rank, world = run.checkpoint_path, run.config, run.step, run.log, run.rank, run.world
+    student, teacher = run.student, run.teacher
     rng = _rng_state()
     if world > 1:
         gathered: list[Any] = [None] * world
@@ -994,18 +886,18 @@ def _save_checkpoint(path: Path, config, student, teacher, optimizer, dino_loss,
         ckpt = {
             "student": {f"module.{k}": v for k, v in student.state_dict().items()},
             "teacher": teacher.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
             "epoch": epoch + 1,
             "step": step,
-            "steps_per_epoch": steps_per_epoch,
+            "steps_per_epoch": run.steps_per_epoch,
             "args": argparse.Namespace(**asdict(config)),
-            "dino_loss": dino_loss.state_dict(),
+            "dino_loss": run.dino_loss.state_dict(),
             "rng": {"per_rank": per_rank},
             "hipt": {"config": dict(teacher.backbone.config), "stage": config.stage,
                      "normalization": config.normalization, "pretrain_config": json.dumps(asdict(config))},
         }
-        if scaler.is_enabled():
-            ckpt["fp16_scaler"] = scaler.state_dict()
+        if run.scaler.is_enabled():
+            ckpt["fp16_scaler"] = run.scaler.state_dict()
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             torch.save(ckpt, tmp)
@@ -1023,8 +915,6 @@ def _read_log(path: Path, upto_step: int) -> list[dict[str, Any]]:
 
 def read_log(run_dir: str | Path):
     """The run's log as a pandas DataFrame (one row per logged step)."""
-    import pandas as pd
-
     return pd.DataFrame(_read_log(Path(run_dir) / LOG_NAME, sys.maxsize))
 
 
@@ -1034,14 +924,14 @@ def read_log(run_dir: str | Path):
 
 _HELP = {
     "stage": "1: ViT256-16 on patches; 2: ViT4096-256 on feature grids",
-    "preset": "base settings: cpu-tiny (CPU, minutes, phantom data); gpu (the paper's networks at HIPT's geometry, "
+    "preset": "base settings: cpu (CPU, minutes, phantom data; cpu-tiny is the same); gpu (the paper's networks at HIPT's geometry, "
               "500 + 200 steps: minutes on an H100/H200, estimated before it starts; phantom or real data); paper "
               "(every reference setting; real data only)",
-    "data": "phantom (cpu-tiny, gpu) | folder of images | `hipt patch` output folder (stage 1) | folder of "
+    "data": "phantom (cpu, gpu) | folder of images | `hipt patch` output folder (stage 1) | folder of "
             "`hipt extract` .h5 (stage 2)",
     "slides": "folder of the slides, if they moved since `hipt patch` (stage 1 from slides)",
     "n_phantom": "phantom patches drawn for --data phantom (stage 1)",
-    "patch_size": "stage-1 input patch side in px (the paper: 256; cpu-tiny: 128, keeping the crop ratios)",
+    "patch_size": "stage-1 input patch side in px (the paper: 256; cpu: 128, keeping the crop ratios)",
     "arch": "vit256_small | vit256_tiny (stage 1); vit4k_xs | vit4k_tiny (stage 2)",
     "input_embed_dim": "stage 2: dimension of the stage-1 features (384 for ViT-S/16, 192 for the tiny ViT)",
     "drop_path_rate": "stochastic depth of the student (0.1 in the paper)",
@@ -1072,7 +962,7 @@ _HELP = {
     "embed_dim": "override the arch's width (with --depth/--num-heads: custom sizes)",
     "init_weights": "start from a released-format checkpoint (continued pretraining)",
     "pos_embed_init": "position embeddings at init: trunc_normal (std 0.02, the reference; the paper preset) or "
-                      "sincos (2-D sine-cosine; the cpu-tiny stage-2 default: a short run of a tiny ViT4K reads "
+                      "sincos (2-D sine-cosine; the cpu stage-2 default: a short run of a tiny ViT4K reads "
                       "the arrangement of a region only with it, at init already: chapter 4)",
     "resume": "resume from <out_dir>/checkpoint.pth when present",
 }
@@ -1084,7 +974,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "Tuning advice:\n" + (__doc__ or "").split("----------------------------------------------------\n", 1)[-1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--stage", type=int, choices=(1, 2), default=1, help=_HELP["stage"])
-    parser.add_argument("--preset", default="cpu-tiny", choices=sorted(PRESETS) + ["cpu"], help=_HELP["preset"])
+    parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS) + sorted(PRESET_ALIASES), help=_HELP["preset"])
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="refuse to start a run whose estimate (printed before the first step) is longer than this; "
                              "default: no limit")

@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from hipt.errors import HIPTError
 from hipt.io import DownloadError, download, sha256sum
 from hipt.released.registry import ReleasedFile, local_path, missing_files, released_root
@@ -211,8 +213,6 @@ class _Bar:
     """One tqdm bar in bytes for all downloads, shared by the worker threads (hence the lock)."""
 
     def __init__(self, total: int, n_files: int):
-        from tqdm.auto import tqdm
-
         self._lock = threading.Lock()
         self._n, self._done, self._failed = n_files, 0, 0
         self._tqdm = tqdm(total=total, unit="B", unit_scale=True, desc="released files", leave=True)

@@ -19,14 +19,19 @@ not by this package; what is regenerated here is the evaluation on top of them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+from hipt.device import resolve_device
 from hipt.errors import HIPTError
 from hipt.knn import evaluate_knn, released_knn_aucs
+from hipt.models.mil import build_model
+from hipt.released.fetch import require_files
 from hipt.released.registry import (
     KNN_ENCODERS,
     KNN_STUDIES,
@@ -125,8 +130,6 @@ def knn_table(root: str | Path | None = None, encoders: Sequence[str] = tuple(KN
     fold AUCs), ``ours`` and ``reference`` (``mean ± std``), ``diff`` (our mean − the reference's).
     Raises one :class:`~hipt.errors.HIPTError` naming the missing files and how to get them.
     """
-    from hipt.released.fetch import require_files
-
     require_files(knn_files(studies, encoders), root, "--knn")
     return knn_table_from_folds(knn_folds_dir(root), encoders, studies, fractions)
 
@@ -155,8 +158,6 @@ def vit4k_knn_row(root: str | Path | None = None, tasks: Sequence[str] = SUBTYPE
     the "25 %" setting, as the reference's KNN did, so that the row compares with its table.
     Returns the records of :func:`hipt.knn.evaluate_knn` (one per task, fraction and fold).
     """
-    from hipt.released.fetch import require_files
-
     loaded = [load_task(t) for t in tasks]
     require_files(task_slide_files(loaded), root, "--slides")
     frames = [evaluate_knn(task, slide_embeddings_dir(root), levels=("vit4k",), fractions=fractions,
@@ -199,14 +200,7 @@ def seconds_per_step(method: str, device: str = "cpu", n_regions: int = 40, step
     """Measured seconds of one training step (forward, backward, Adam) of ``method`` on a random bag of
     ``n_regions`` region tokens (the released slides have ~40 on average), on ``device``: the basis of the
     time estimate that ``hipt released table1`` prints before it starts."""
-    import time
-
-    import torch
-
-    from hipt.models.mil import build_model
-
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     model = build_model(method, 192, 2).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=2e-4)
     bag = {"feats4k": torch.randn(n_regions, 192, device=dev)}
@@ -243,8 +237,6 @@ def run_table1(root: str | Path | None, out: str | Path, tasks: Sequence[str] = 
     what is missing and the command that fetches it), then runs :func:`hipt.tasks.train.run_cv` per
     task and method.  Returns the metric records of all runs.
     """
-    from hipt.released.fetch import require_files
-
     loaded = {t: load_task(t) for t in tasks}
     require_files(task_slide_files(list(loaded.values())), root, "--slides")
     records = []
@@ -275,8 +267,6 @@ def run_survival(root: str | Path | None, out: str | Path, tasks: Sequence[str] 
     bags), with the same settings as :func:`table1_config`.  Returns one row per task: the fold c-indices,
     ``ours`` (mean ± std) and the paper's HIPT number (from its full hierarchical features, not these).
     """
-    from hipt.released.fetch import require_files
-
     loaded = {t: load_task(t) for t in tasks}
     require_files(task_slide_files(list(loaded.values())), root, "--slides")
     rows = []

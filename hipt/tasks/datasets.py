@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -69,8 +70,6 @@ def read_bag(path: str | Path, keys: Sequence[str] = FEATURE_KEYS) -> dict[str, 
         if key in keys:
             out[key] = t.float()
     else:
-        import h5py
-
         try:
             with h5py.File(path, "r") as f:
                 for k in keys:

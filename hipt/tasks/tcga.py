@@ -40,6 +40,7 @@ import pandas as pd
 from hipt.errors import HIPTError, InputFileError
 from hipt.io import RemoteFile, download
 from hipt.paths import cache_dir, shared_reference_dir
+from hipt.survival import discretize_survival
 from hipt.tasks.splits import Split, filter_split, read_splits, subsample_train
 
 __all__ = [
@@ -352,8 +353,6 @@ def _subtype_table(df: pd.DataFrame, path: Path | None, label_col: str, label_ma
 
 
 def _survival_tables(df: pd.DataFrame, path: Path | None, label_col: str, keep_codes, n_bins: int):
-    from hipt.survival import discretize_survival
-
     _require(df, ["case_id", "slide_id", "survival_months", "censorship"], path, "a survival table")
     df = df.copy()
     df["slide_id"] = _slide_stems(df, path)
