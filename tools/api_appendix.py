@@ -23,23 +23,27 @@ PAGE = ROOT / "book" / "appendix_api.md"
 
 # reading order; modules not named here go to "Other modules"
 GROUPS = [
-    ("Slides and patching", ["hipt.slide", "hipt.tissue", "hipt.tiling", "hipt.phantom", "hipt.phantom_checks"]),
+    ("Slides and patching", ["hipt.slide", "hipt.tissue", "hipt.tiling", "hipt.phantom", "hipt.phantom_checks",
+                             "hipt.phantom_ground_truth"]),
     ("Models", ["hipt.models", "hipt.models.vit", "hipt.models.hipt4k", "hipt.models.slide",
                 "hipt.models.weights", "hipt.models.mil"]),
     ("Feature extraction", ["hipt.features"]),
     ("Pretraining", ["hipt.pretrain", "hipt.pretrain.augment", "hipt.pretrain.head", "hipt.pretrain.loss",
-                     "hipt.pretrain.schedules", "hipt.pretrain.data", "hipt.pretrain.trainer"]),
+                     "hipt.pretrain.schedules", "hipt.pretrain.data", "hipt.pretrain.trainer",
+                     "hipt.pretrain.export"]),
     ("Slide-level tasks", ["hipt.tasks", "hipt.tasks.tcga", "hipt.tasks.splits", "hipt.tasks.preflight",
                            "hipt.tasks.datasets", "hipt.tasks.train", "hipt.tasks.tables", "hipt.tasks.route",
                            "hipt.metrics", "hipt.survival", "hipt.knn"]),
     ("Real TCGA from the released embeddings", ["hipt.released", "hipt.released.registry", "hipt.released.fetch",
                                                 "hipt.released.slide", "hipt.released.patch", "hipt.released.cli"]),
     ("Attention", ["hipt.attention", "hipt.heatmaps"]),
-    ("Evidence: claims over seeds and findings that follow the numbers",
-     ["hipt.evidence", "hipt.evidence.stage1", "hipt.evidence.stage2", "hipt.evidence.finetuning", "hipt.evidence.knn",
-      "hipt.evidence.survival"]),
-    ("Reproduction, models zoo and plumbing", ["hipt.reproduce", "hipt.zoo", "hipt.cli", "hipt.io", "hipt.precision",
-                                               "hipt.paths", "hipt.errors"]),
+    ("Provenance and plumbing", ["hipt.provenance", "hipt.cli", "hipt.io", "hipt.precision", "hipt.paths",
+                                 "hipt.errors"]),
+    ("The book's pipeline: presets, train-or-load, phantom tasks, reproduction",
+     ["hipt.book", "hipt.book.zoo", "hipt.book.tasks", "hipt.book.reproduce"]),
+    ("The book's evidence: claims over seeds and findings that follow the numbers",
+     ["hipt.book.evidence", "hipt.book.evidence.stage1", "hipt.book.evidence.stage2",
+      "hipt.book.evidence.finetuning", "hipt.book.evidence.knn", "hipt.book.evidence.survival"]),
 ]
 
 HEADER = """\

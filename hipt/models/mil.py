@@ -130,7 +130,7 @@ class HIPTMIL(MILModel):
         local: ``"frozen"`` (default: the pretrained ViT-4096 is not trained; if the bag carries
             ``feats4k`` — extracted with that same ViT-4096 — they are used directly and the ViT is
             skipped: identical outputs, much faster), ``"finetune"`` or ``"scratch"``.
-        local_vit: the ViT-4096 module (e.g. ``hipt.zoo`` 's stage-2 model, or ``vit4k_xs`` with the
+        local_vit: the ViT-4096 module (e.g. ``hipt.book.zoo`` 's stage-2 model, or ``vit4k_xs`` with the
             released weights).  Needed unless ``local="frozen"`` and every bag has ``feats4k``.
         vit4k_weights: weights for a default ViT-XS when ``local_vit`` is None.
         use_feats4k: use the bag's ``feats4k`` in frozen mode (default True).

@@ -10,7 +10,7 @@ machinery:
 - :mod:`~hipt.pretrain.schedules` LR / weight decay / momentum / teacher temperature schedules
 - :mod:`~hipt.pretrain.data`      streaming datasets and the resumable, shardable sampler
 - :mod:`~hipt.pretrain.trainer`   :class:`PretrainConfig`, presets, :func:`train`, ``hipt pretrain``
-- ``hipt.pretrain.export``    train-or-load (``pretrained``) and checkpoint loading
+- ``hipt.pretrain.export``    model cache folders, the slim teacher export and checkpoint loading
 - ``hipt.pretrain.evaluate``  KNN probes used to show that pretraining learns
 """
 

@@ -280,7 +280,7 @@ def token_adjacency_features(grids: np.ndarray, n_clusters: int = 5, seed: int =
     looking at neighbours.
 
     Args:
-        grids: ``[M, D, H, W]`` stage-1 feature grids (:func:`hipt.pretrain.export.region_grids`).
+        grids: ``[M, D, H, W]`` stage-1 feature grids (:func:`hipt.phantom_ground_truth.region_grids`).
 
     Returns:
         ``[M, K(K+1)/2]`` float32 counts (upper triangle of the symmetric cluster-pair matrix, diagonal

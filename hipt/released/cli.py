@@ -89,7 +89,7 @@ def _record(args: argparse.Namespace, name: str, df: pd.DataFrame, title: str) -
         return
     import sys
 
-    from hipt.reproduce import write_benchmark_result
+    from hipt.provenance import write_benchmark_result
 
     rows = [{k: (", ".join(f"{x:.4f}" for x in v) if isinstance(v, list) else v) for k, v in r.items()}
             for r in df.to_dict("records")]

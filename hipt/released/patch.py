@@ -405,9 +405,9 @@ def max_abs_difference(comparison: pd.DataFrame) -> float:
 def _record_path(path: str | Path | None) -> Path:
     if path is not None:
         return Path(path)
-    from hipt.reproduce import _benchmark_results_dir
+    from hipt.provenance import benchmark_results_dir
 
-    return _benchmark_results_dir() / f"{RECORD_NAME}.json"
+    return benchmark_results_dir() / f"{RECORD_NAME}.json"
 
 
 def write_record(tables: Mapping[str, pd.DataFrame], path: str | Path | None = None,
@@ -423,7 +423,7 @@ def write_record(tables: Mapping[str, pd.DataFrame], path: str | Path | None = N
     import sys
 
     from hipt.io import atomic_write_text
-    from hipt.reproduce import git_commit, hardware, machine_summary
+    from hipt.provenance import git_commit, hardware, machine_summary
 
     rows = []
     for dataset, table in tables.items():

@@ -338,7 +338,7 @@ def released_regions(slide_ids: list[str] | pd.Series) -> np.ndarray:
 
 
 def _records(records_dir: str | Path | None) -> dict[str, dict]:
-    from hipt.reproduce import read_benchmark_results
+    from hipt.provenance import read_benchmark_results
 
     if records_dir is None:
         root = project_root()
@@ -460,11 +460,11 @@ def route_estimate(task_names: str | list[str] | tuple[str, ...] = TABLE1_TASKS,
     # 4. fine-tuning, Table 1's grid
     folds = records.get("mil_gpu_folds")
     if folds:
-        from hipt.reproduce import TARGETS
+        from hipt.tasks.tables import TABLE_METHODS
 
         fold_rows = [r for r in folds["rows"] if r.get("precision", "fp32") == "fp32"]
         per_slide = {r["method"]: float(r["seconds_3_epochs"]) / (3 * float(r["n_train"])) for r in fold_rows}
-        methods = TARGETS["table1"].methods
+        methods = TABLE_METHODS
         fastest = min(per_slide.values())
         seconds_per_slide_epoch = sum(per_slide.get(m, fastest) for m in methods)
         train = sum(len(s.train) for data in tasks.values() for s in data.splits)

@@ -1,7 +1,7 @@
 """Chapter 6's claims (slide-level fine-tuning on the phantom cohorts) and the text that follows them.
 
 The chapter measures, for its cohort, split and training seeds, the effects below
-(:func:`finetuning_effects`) and writes them with :func:`hipt.evidence.write_effects`; the seeds sweep
+(:func:`finetuning_effects`) and writes them with :func:`hipt.book.evidence.write_effects`; the seeds sweep
 (``hipt reproduce seeds``) collects them over seed combinations.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from hipt.evidence import Claim, fmt
+from hipt.book.evidence import Claim, fmt
 
 __all__ = ["FINETUNING_CLAIMS", "CHAPTER", "finetuning_effects", "context_findings", "raw_findings"]
 
