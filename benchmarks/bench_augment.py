@@ -31,7 +31,7 @@ from hipt.phantom import phantom_patches  # noqa: E402
 from hipt.pretrain import PatchMultiCrop  # noqa: E402
 from hipt.pretrain.augment import _seeded, normalization_stats, to_chw_uint8  # noqa: E402
 from hipt.pretrain.data import collate_crops  # noqa: E402
-from hipt.reproduce import machine_summary, write_benchmark_result  # noqa: E402
+from hipt.provenance import machine_summary, write_benchmark_result  # noqa: E402
 
 
 def torchvision_multicrop(global_size: int, local_size: int, n_local: int, normalization: str = "hipt"):

@@ -5,7 +5,7 @@ bag-level summary of a slide (hipt.phantom.checks): the cross-validated AUC of a
 and its permutation null.  Summaries: tissue-class counts and stain/colour statistics of the composed
 tissue pixels (cheap: no slide is written) for every seed in ``--seeds``; the mean patch token
 (``feats256``) for the seeds whose features are already cached (``--token-seeds``; extracting a new
-seed costs minutes: ``hipt.zoo.cohort_features("context", seed=S)``, run it first).
+seed costs minutes: ``hipt.book.zoo.cohort_features("context", seed=S)``, run it first).
 
     nice -n 10 .venv/bin/python benchmarks/bench_context_leak.py --seeds 0-9 --token-seeds 101-105 --permutations 25
 
@@ -31,9 +31,9 @@ def _seeds(text: str) -> list[int]:
 def main() -> None:
     from hipt import phantom as P
     from hipt.phantom import checks as C
-    from hipt import zoo
+    from hipt.book import zoo
     from hipt.paths import cache_dir
-    from hipt.reproduce import write_benchmark_result
+    from hipt.provenance import write_benchmark_result
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0-11", help="cohort seeds for the layout and pixel summaries")

@@ -2,7 +2,7 @@
 
 Both geometries give every region the same 8×8 grid of patch tokens, so the slide-level chapters see
 bags of the same shape; what changes is the pixels behind each token.  The ``cpu`` preset of
-:mod:`hipt.zoo` uses 128-px patches (the size its tiny stage-1 ViT is pretrained on, chapter 3).  This
+:mod:`hipt.book.zoo` uses 128-px patches (the size its tiny stage-1 ViT is pretrained on, chapter 3).  This
 script measures, in one process and on fresh folders, what one phantom ``context`` cohort costs in
 each geometry: generating the slides (:func:`hipt.phantom.make_cohort`), patching them
 (:func:`hipt.tiling.patch_folder`) and extracting ``feats256`` + ``feats4k`` with the tiny ViT256 and
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hipt.features import build_encoder, extract_folder  # noqa: E402
 from hipt.models import vit4k_tiny, vit256_tiny  # noqa: E402
 from hipt.phantom import make_cohort  # noqa: E402
-from hipt.reproduce import machine_summary, write_benchmark_result  # noqa: E402
+from hipt.provenance import machine_summary, write_benchmark_result  # noqa: E402
 from hipt.tiling import patch_folder  # noqa: E402
 
 GEOMETRIES = [("2048-px regions, 256-px patches (baseline)", 2048, 256),

@@ -82,7 +82,7 @@ def stage1(args, out_dir: Path) -> list[dict]:
 
 def _pretrain(stage: int, args, out_dir: Path, overrides: dict, **extra):
     """Train (``--fresh``: in the run folder, timed) or train-or-load from the cache (``pretrained``)."""
-    from hipt.pretrain.export import pretrained
+    from hipt.book.zoo import pretrained
 
     progress = not args.no_progress
     if args.fresh in ("both", str(stage)):
@@ -101,8 +101,8 @@ def _pretrain(stage: int, args, out_dir: Path, overrides: dict, **extra):
 
 
 def stage2(args, out_dir: Path) -> list[dict]:
-    from hipt import zoo
-    from hipt.pretrain.export import region_grids, region_truth
+    from hipt.book import zoo
+    from hipt.phantom.ground_truth import region_grids, region_truth
 
     overrides = json.loads(args.overrides2) if args.overrides2 else {}
     extra = {}
@@ -124,7 +124,7 @@ def stage2(args, out_dir: Path) -> list[dict]:
         "ViT4K tiny, random init": embed_grids(build_backbone(cfg, drop_path_rate=0.0), grids),
         "ViT4K tiny, DINO": embed_grids(teacher, grids),
     }
-    from hipt.evidence.stage2 import gain_text, grouped_bootstrap_gain
+    from hipt.book.evidence.stage2 import gain_text, grouped_bootstrap_gain
 
     groups = regions["slide_id"].to_numpy()
     test_y, test_groups = y[~train_mask], groups[~train_mask]
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
         print(f"stage {r['stage']}  {r['model']:<40} {r['task']:<32} knn {r['knn_acc']:.3f}"
               + (f"  stain-shift {r['knn_acc_stain_shift']:.3f}" if r["knn_acc_stain_shift"] != "n/a" else ""))
     if not args.no_write:
-        from hipt.reproduce import write_benchmark_result
+        from hipt.provenance import write_benchmark_result
 
         write_benchmark_result(
             "dino_knn", rows, title="KNN accuracy before/after DINO pretraining (phantom data)",
@@ -194,10 +194,10 @@ def main(argv=None) -> int:
                   "stain shift = colour-jittered test set (gain over random init with a 95% paired-bootstrap "
                   "interval over the test patches); stage 2: informative regions of the context cohort "
                   "(k=5, train/test by slide; gain over the random-init ViT4K with a 95% paired bootstrap interval over "
-                  "the test slides); " + {None: "both models train-or-load from the hipt.zoo cache (the book's)",
+                  "the test slides); " + {None: "both models train-or-load from the hipt.book.zoo cache (the book's)",
                                         "both": "both models retrained in the run (--fresh)",
-                                        "1": "stage 1 retrained in the run, stage 2 from the hipt.zoo cache",
-                                        "2": "stage 1 from the hipt.zoo cache, stage 2 retrained in the run on "
+                                        "1": "stage 1 retrained in the run, stage 2 from the hipt.book.zoo cache",
+                                        "2": "stage 1 from the hipt.book.zoo cache, stage 2 retrained in the run on "
                                              "today's pretraining features"}[args.fresh],
         )
     return 0

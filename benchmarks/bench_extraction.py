@@ -211,7 +211,7 @@ def e2e_rows(label: str, coords: Path, tmp: Path, model: HIPT4K, device: torch.d
 
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> None:
-    from hipt.reproduce import hardware, machine_summary
+    from hipt.provenance import hardware, machine_summary
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\nacceptance: " + verdict)
     print(f"load average at start {load0[0]:.1f}, at end {load1[0]:.1f} ({os.cpu_count()} CPUs)")
     if args.save:
-        from hipt.reproduce import write_benchmark_result
+        from hipt.provenance import write_benchmark_result
 
         notes = (f"device {device}; encoder {model_kind} ({'ViT-S/16 + ViT-XS' if model_kind == 'small' else 'tiny'}, "
                  f"random weights), pipeline dtype {dtype}, batch {batch}; end to end on "

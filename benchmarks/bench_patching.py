@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if not args.no_save:
         try:
-            from hipt.reproduce import write_benchmark_result
+            from hipt.provenance import write_benchmark_result
         except ImportError:  # pragma: no cover - the book's helper is absent
             return
         seg = [{"level-0 side (px)": r["size"], "level-0 Mpx": round(r["level0_mpx"], 1), "level read": r["level"],

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from hipt import phantom as P
-from hipt.reproduce import machine_summary, write_benchmark_result
+from hipt.provenance import machine_summary, write_benchmark_result
 
 # Peak RSS from VmHWM (reset by exec), not ru_maxrss: on Linux ru_maxrss survives fork+exec, so a child
 # of a large parent would report the parent's size.

@@ -47,7 +47,7 @@ from hipt.models import HIPT4K, normalize, vit4k_tiny, vit4k_xs, vit256_small, v
 
 # ------------------------------------------------------------------------------------------ machine
 def _save(name: str, rows: list[dict], **kw) -> None:
-    from hipt.reproduce import write_benchmark_result
+    from hipt.provenance import write_benchmark_result
 
     print(f"wrote {write_benchmark_result(name, rows, **kw)}")
 

@@ -2,7 +2,7 @@
 
 Chapter 3 measures the gain for the book's stage-1 model (training seed 0) in the page.  A second
 model trained from another seed cannot be trained inside the chapter's time budget on a clean checkout,
-so this script trains-or-loads the ``cpu-tiny`` stage-1 model of each training seed (``hipt.zoo``'s
+so this script trains-or-loads the ``cpu-tiny`` stage-1 model of each training seed (``hipt.book.zoo``'s
 cache: ``pretrained(1, "cpu-tiny", seed=...)``, the same data, only the seed changes) and runs the
 chapter's test on each (:func:`hipt.pretrain.evaluate.stage1_knn_test`: tissue type of held-out phantom
 patches, k = 20, on the training colours, after a change of the H&E stain vectors and after a colour
@@ -33,7 +33,7 @@ from hipt.pretrain.evaluate import EVAL_SEED, knn_gain_rows, random_init_backbon
 
 
 def seed_rows(seed: int, args) -> list[dict]:
-    from hipt.pretrain.export import pretrained
+    from hipt.book.zoo import pretrained
 
     cfg = make_config(1, "cpu-tiny", seed=seed)
     t0 = time.time()
@@ -67,11 +67,11 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     rows = [r for seed in args.seeds for r in seed_rows(seed, args)]
     if not args.no_write:
-        from hipt.reproduce import write_benchmark_result
+        from hipt.provenance import write_benchmark_result
 
         path = write_benchmark_result(
             "stage1_seeds", rows, title="Stage-1 DINO KNN gain over random init, per training seed (phantom data)",
-            notes=f"cpu-tiny stage-1 models (train-or-load from the hipt.zoo cache) of training seeds {args.seeds}; "
+            notes=f"cpu-tiny stage-1 models (train-or-load from the hipt.book.zoo cache) of training seeds {args.seeds}; "
                   f"tissue type of {args.n_eval} held-out phantom patches (seeds {args.eval_seed}, "
                   f"{args.eval_seed + 1}, shifts {args.eval_seed + 2}), k=20 cosine; tests: same colours, "
                   "stain vectors (OD, od_stain_shift strength 0.2), colour jitter (stain_shift); gain = DINO - random "

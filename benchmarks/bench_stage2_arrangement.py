@@ -12,7 +12,7 @@ Variants (``--variants`` picks a subset): ``base`` (the preset), ``long`` (100 e
 ``crops`` (global/local crops of 6/4 cells instead of 7/3), ``small-head`` (256 prototypes, the paper's
 teacher temperature 0.04), ``more-regions`` (pretrain on the labelled survival cohort, 1.5x the regions),
 ``token-bank`` (pretrain on 4,096 distinct regions built from the pretraining cohort's real tokens,
-:func:`hipt.pretrain.export.token_bank`: ``context_region`` layouts, half informative, every cell a random
+:func:`hipt.phantom.ground_truth.token_bank`: ``context_region`` layouts, half informative, every cell a random
 real token of its tissue; 600 steps, a 1,024-prototype head with 512 hidden units, base LR 2e-3),
 ``sincos`` (2-D sine-cosine position embeddings at init: ``pos_embed_init="sincos"``, the ``cpu-tiny``
 preset's since it was measured here), ``trunc-normal`` (the reference's trunc-normal std 0.02, the
@@ -46,15 +46,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hipt import zoo  # noqa: E402
-from hipt.pretrain import make_config, read_log, train  # noqa: E402
+from hipt.book import zoo  # noqa: E402
 from hipt.phantom import context_region  # noqa: E402
+from hipt.phantom.ground_truth import bank_grids, region_grids, region_truth, token_bank  # noqa: E402
+from hipt.pretrain import make_config, read_log, train  # noqa: E402
 from hipt.pretrain.augment import tokens_to_grid  # noqa: E402
 from hipt.pretrain.data import FeatureGrids  # noqa: E402
 from hipt.pretrain.evaluate import embed_grids, probe_auc, slide_centred, token_adjacency_features  # noqa: E402
-from hipt.pretrain.export import bank_grids, region_grids, region_truth, token_bank  # noqa: E402
 from hipt.pretrain.trainer import build_backbone  # noqa: E402
-from hipt.reproduce import write_benchmark_result  # noqa: E402
+from hipt.provenance import write_benchmark_result  # noqa: E402
 
 VARIANTS = {
     "base": {},
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
             notes="linear-probe AUC (5-fold, grouped by slide) of 'informative region' on the context cohort "
                   "(cpu preset), also with each slide's mean token removed; and (5-fold) on 1000 held-out "
                   f"token-bank regions; token-bank pretraining: {N_BANK_TRAIN} regions; stage-1 model and "
-                  "features from hipt.zoo")
+                  "features from hipt.book.zoo")
         print(f"wrote {path}")
     return 0
 

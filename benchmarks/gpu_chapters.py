@@ -99,11 +99,11 @@ def _printed(nb_path: Path) -> str:
 def _hipt_error_names() -> set[str]:
     """Names of :class:`hipt.errors.HIPTError` and its subclasses: a chapter that raises one stopped on
     purpose, with a message for its user."""
+    import hipt.book.zoo  # noqa: F401
     import hipt.io  # noqa: F401 (modules that define subclasses)
     import hipt.precision  # noqa: F401
     import hipt.pretrain.trainer  # noqa: F401
     import hipt.tasks.preflight  # noqa: F401
-    import hipt.zoo  # noqa: F401
     from hipt.errors import HIPTError
 
     names, todo = set(), [HIPTError]
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         for chapter in chapters:
             rows.append(run_chapter(chapter, {"preset": "cpu"}, args.out, args.timeout))
     if args.save:
-        from hipt.reproduce import hardware, write_benchmark_result
+        from hipt.provenance import hardware, write_benchmark_result
 
         write_benchmark_result("gpu_chapters", rows, title="Chapters executed with papermill on a GPU",
                                command="python benchmarks/gpu_chapters.py " + " ".join(argv or sys.argv[1:]),

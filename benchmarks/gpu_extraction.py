@@ -149,7 +149,7 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     size = tuple(args.size)
-    from hipt.reproduce import hardware, write_benchmark_result
+    from hipt.provenance import hardware, write_benchmark_result
 
     cpus = os.cpu_count() or 1
     res: dict = {"gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else "none (dry run)", "torch": torch.__version__, "cpus": cpus,

@@ -46,9 +46,9 @@ GRID = 16
 
 
 def prepare(args) -> int:
-    from hipt import zoo
+    from hipt.book import zoo
     from hipt.phantom import context_region
-    from hipt.pretrain.export import token_bank
+    from hipt.phantom.ground_truth import token_bank
 
     feat_dir = zoo.pretraining_features("cpu", progress=False)
     kind, n = zoo.get_preset("cpu").stage2_cohort
@@ -74,7 +74,7 @@ def prepare(args) -> int:
 
 def _grids(layouts: np.ndarray, bank: dict[int, np.ndarray], seed: int) -> np.ndarray:
     """``[N, G*G, D]`` float16 tokens: each cell a random token of its tissue type."""
-    from hipt.pretrain.export import bank_grids
+    from hipt.phantom.ground_truth import bank_grids
 
     return bank_grids(layouts, bank, seed, dtype=np.float16)
 
@@ -119,7 +119,7 @@ def run(args) -> int:
     common = dict(input_embed_dim=dim, precision="bf16", batch_size_per_gpu=args.batch, num_workers=args.workers,
                   progress=False, log_every=10, checkpoint_every=10**9, lr=5e-4 * 2)
     try:
-        from hipt.reproduce import hardware
+        from hipt.provenance import hardware
 
         hw = hardware()
         hw.pop("hostname", None)
@@ -204,7 +204,7 @@ def _dino_label(rec: dict) -> str:
 
 def report(args) -> int:
     from hipt.pretrain.evaluate import adjacency_counts, probe_auc
-    from hipt.reproduce import write_benchmark_result
+    from hipt.provenance import write_benchmark_result
 
     runs = [(np.load(p), json.loads((Path(p).parent / "stage2_scale.json").read_text())) for p in args.npz]
     e, rec = runs[-1]  # references from the last run (they do not depend on the DINO run)
@@ -240,7 +240,7 @@ def slides(args) -> int:
     import h5py
     import pandas as pd
 
-    from hipt.reproduce import write_benchmark_result
+    from hipt.provenance import write_benchmark_result
     from hipt.tasks.splits import make_splits
     from hipt.tasks.tables import summarize
     from hipt.tasks.train import FinetuneConfig, run_cv

@@ -12,8 +12,12 @@ One module per concept:
 - :mod:`hipt.tasks`     slide-level tasks: TCGA tables, splits, MIL training
 - :mod:`hipt.metrics`, :mod:`hipt.survival`, :mod:`hipt.knn`
 - :mod:`hipt.attention` attention maps and hierarchical heatmaps (``hipt heatmap``)
-- :mod:`hipt.reproduce` papermill reproduction of the results tables (``hipt reproduce``)
-- :mod:`hipt.io`, :mod:`hipt.paths`, :mod:`hipt.errors`  shared plumbing
+- :mod:`hipt.provenance` commit, machine and command of a result (benchmark and run records)
+- :mod:`hipt.released` the reference's released TCGA embeddings (``hipt released``)
+- :mod:`hipt.io`, :mod:`hipt.jobs`, :mod:`hipt.device`, :mod:`hipt.precision`, :mod:`hipt.paths`, :mod:`hipt.errors`  shared plumbing
+
+The book's pipeline sits above the library in :mod:`hipt.book` (its presets and train-or-load cache,
+the phantom tasks, the chapters' evidence claims, ``hipt reproduce``); no library module imports it.
 
 Submodules are imported lazily so that ``import hipt`` stays cheap.
 """

@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "released": ("hipt.released.cli", "real TCGA tables from the reference's released embeddings (fetch, knn, table1, ...)"),
     "heatmap": ("hipt.attention.cli", "attention heatmaps for regions and whole slides"),
     "route": ("hipt.tasks.route", "from TCGA slides to Table 1: download manifest, feature check, time and disk estimate"),
-    "reproduce": ("hipt.reproduce", "rerun the book's chapters with papermill and assemble the results tables"),
+    "reproduce": ("hipt.book.reproduce", "rerun the book's chapters with papermill and assemble the results tables"),
 }
 
 

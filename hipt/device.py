@@ -28,7 +28,7 @@ def resolve_device(device: str | torch.device = "auto", local_rank: int | None =
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and torch.cuda.is_available():
         rank = int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank
-        return torch.device("cuda", rank % torch.cuda.device_count())
+        return torch.device("cuda", rank % max(1, torch.cuda.device_count()))
     return torch.device(device)
 
 

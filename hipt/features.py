@@ -846,7 +846,7 @@ def extraction_expectations(records: dict[str, dict | None],
                             regions_per_slide: float = TCGA_REGIONS_PER_SLIDE) -> tuple[list[dict], str]:
     """What one slide costs to extract, from benchmark records: ``(rows, text)``.
 
-    ``records``: ``hipt.reproduce.read_benchmark_result`` of ``extraction`` (this CPU: reader supply),
+    ``records``: ``hipt.provenance.read_benchmark_result`` of ``extraction`` (this CPU: reader supply),
     ``region_encoder`` (CPU encoder, ViT-S/16 + ViT-XS, on 1024-px regions: scaled ×16 to 4096 px, the
     patch count), ``gpu_region_encoder`` (a GPU's encoder alone on random tensors) and
     ``extraction_gpu`` (a GPU end to end); any may be None.  Each row says how its number was obtained

@@ -6,8 +6,8 @@ Four names, the same in every command (``--precision``, ``hipt extract --dtype``
   **bf16**; on an older CUDA GPU (T4, the free Colab GPU; V100) **fp16**, with a gradient scaler when
   training; on a CPU **fp32**.  CPU autocast is bf16 only, and on a CPU it buys little (×1.15 for the
   tiny DINO run, ×1.6 for extraction) while changing the numbers, so it is never picked silently: the
-  places that use it on purpose ask for ``"bf16"`` explicitly (the ``cpu-tiny`` stage-1 pretraining
-  preset, the ``hipt.zoo`` CPU extraction), and their results stay what they were.
+  places that use it on purpose ask for ``"bf16"`` explicitly (the ``cpu`` stage-1 pretraining
+  preset, the ``hipt.book.zoo`` CPU extraction), and their results stay what they were.
 - ``"bf16"``: autocast to bfloat16, on a CPU or a GPU.  Asked for explicitly on a GPU without native
   bf16 it is honoured (PyTorch emulates it, slowly), and :func:`describe` says so.
 - ``"fp16"``: autocast to float16, CUDA only (a CPU has no fast float16 kernels, and an fp16 run is

@@ -114,8 +114,8 @@ RESULTS_CHAPTERS = [ROOT / "book" / f"{name}.md" for name in ("06_finetuning", "
 
 @pytest.mark.parametrize("page", RESULTS_CHAPTERS, ids=_ids(RESULTS_CHAPTERS))
 def test_results_chapters_take_the_reproduce_parameters(page):
-    """The chapters ``hipt reproduce`` runs declare the parameters it injects (see hipt.reproduce)."""
-    from hipt.reproduce import GRID_AXES, QUICK_CHAPTERS, TARGETS
+    """The chapters ``hipt reproduce`` runs declare the parameters it injects (see hipt.book.reproduce)."""
+    from hipt.book.reproduce import GRID_AXES, QUICK_CHAPTERS, TARGETS
 
     assert {p.stem for p in RESULTS_CHAPTERS} == set(QUICK_CHAPTERS) == {t.chapter for t in TARGETS.values()}
     missing = {"preset", "results_dir", *GRID_AXES} - _parameter_names(page)

@@ -1,4 +1,4 @@
-"""hipt.evidence: claims over seeds, sweep records, and findings text that follows its numbers."""
+"""hipt.book.evidence: claims over seeds, sweep records, and findings text that follows its numbers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from hipt.evidence import Claim, claim_lines, read_effects, summarize_claims, sweep_rows, verdict, write_effects
-from hipt.evidence.finetuning import FINETUNING_CLAIMS, context_findings, finetuning_effects, raw_findings
+from hipt.book.evidence import Claim, claim_lines, read_effects, summarize_claims, sweep_rows, verdict, write_effects
+from hipt.book.evidence.finetuning import FINETUNING_CLAIMS, context_findings, finetuning_effects, raw_findings
 
 
 def test_claim_holds_and_nan():
@@ -113,7 +113,7 @@ def test_raw_findings_follow_the_numbers():
 
 # ------------------------------------------------------------------------------------------ one protocol
 def test_fit_batches_equals_fit():
-    from hipt.models.slide import FeatureStandardizer
+    from hipt.models.slide_heads import FeatureStandardizer
 
     x = torch.randn(3, 40, 8, dtype=torch.float64) * torch.arange(1, 9) + 5
     a = FeatureStandardizer.fit(x.reshape(-1, 8))
@@ -144,7 +144,7 @@ def test_every_method_gets_the_same_normalization(tmp_path, one_torch_thread):
 
 def test_standardized_input_uses_training_statistics_only(tmp_path):
     from hipt.models.mil import StandardizedInput, build_model
-    from hipt.models.slide import FeatureStandardizer
+    from hipt.models.slide_heads import FeatureStandardizer
 
     train = [torch.randn(2, 4, 6) + 3.0 for _ in range(5)]
     norm = FeatureStandardizer.fit_batches(train)
@@ -158,7 +158,7 @@ def test_standardized_input_uses_training_statistics_only(tmp_path):
 
 # ------------------------------------------------------------------------------------------ the sweep
 def test_seed_sweep_runs_and_record(tmp_path):
-    from hipt import reproduce as rp
+    from hipt.book import reproduce as rp
 
     runs = rp.seed_sweep_runs(cohort_seeds=(101, 102), split_seeds=(201,))
     ids = [r.run_id for r in runs]

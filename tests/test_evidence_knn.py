@@ -1,6 +1,6 @@
-"""Chapter 8's findings follow its numbers (hipt.evidence.knn)."""
+"""Chapter 8's findings follow its numbers (hipt.book.evidence.knn)."""
 
-from hipt.evidence.knn import knn_findings
+from hipt.book.evidence.knn import knn_findings
 
 
 def _auc(comp4, comp2, ctx4, ctx2, sd=0.08):

@@ -1,4 +1,4 @@
-"""hipt.evidence.stage1: chapter 3's KNN findings change with the numbers.
+"""hipt.book.evidence.stage1: chapter 3's KNN findings change with the numbers.
 
 Each test feeds numbers that contradict the book's (a saturated test that is not, a stain-vector gain
 that is there or is negative, a colour-jitter gain that disappears, training seeds that disagree) and
@@ -7,7 +7,7 @@ checks that the sentence changes.
 
 from __future__ import annotations
 
-from hipt.evidence.stage1 import (
+from hipt.book.evidence.stage1 import (
     JITTER_TEST, MAIN_TEST, SAME_TEST, gain_table, gain_verdict, knn_findings, seed_rows, seeds_findings,
 )
 
@@ -81,7 +81,7 @@ def test_seeds_findings_count_the_seeds():
 
 
 def test_record_agreement_says_when_the_record_differs():
-    from hipt.evidence.stage1 import record_agreement
+    from hipt.book.evidence.stage1 import record_agreement
 
     live = _rows()
     recorded = [{"train_seed": 0, **r} for r in live] + [{"train_seed": 1, **r} for r in live]
@@ -101,7 +101,7 @@ def test_colour_statistics_against_dino_under_jitter():
 
 
 def test_tables_round_as_the_text_prints():
-    from hipt.evidence.stage1 import seeds_table
+    from hipt.book.evidence.stage1 import seeds_table
 
     row = _row(JITTER_TEST, 0.6675, 0.745, 0.0775, 0.0425, 0.1125)
     table = gain_table([row])

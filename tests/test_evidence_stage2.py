@@ -1,4 +1,4 @@
-"""hipt.evidence.stage2: the interval of chapter 4's experiment and text that changes with the numbers.
+"""hipt.book.evidence.stage2: the interval of chapter 4's experiment and text that changes with the numbers.
 
 Each findings test feeds numbers that contradict the book's (e.g. a DINO run that beats its own
 initialization, a ``long`` variant that is better than ``base``) and checks that the sentence changes.
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hipt.evidence.stage2 import (
+from hipt.book.evidence.stage2 import (
     _auc, _balanced_accuracy, arrangement_findings, collapse_findings, grouped_bootstrap_gain, oof_probe_scores,
     scale_findings, variant_findings,
 )

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hipt.evidence import summarize_claims, verdict
-from hipt.evidence.survival import (SURVIVAL_CLAIMS, _cindex_batch, chance_findings, claims_this_run,
+from hipt.book.evidence import summarize_claims, verdict
+from hipt.book.evidence.survival import (SURVIVAL_CLAIMS, _cindex_batch, chance_findings, claims_this_run,
                                     comparison_findings, heldout_permutation_null, pooled_cindex,
                                     survival_effects, sweep_findings, sweep_table)
 from hipt.metrics import concordance_index
@@ -138,7 +138,7 @@ def test_comparison_without_an_oracle_says_nothing_about_one():
 
 def test_sweep_from_a_recorded_benchmark(tmp_path):
     """The chapter's path: a seeds_sweep record (here a temporary one) → this chapter's rows → claims table."""
-    from hipt.reproduce import read_benchmark_result, write_benchmark_result
+    from hipt.provenance import read_benchmark_result, write_benchmark_result
 
     rows = [{"chapter": "07_survival", "cohort_seed": c, "split_seed": s, "seed": 1,
              **survival_effects({"hipt": 0.5 + 0.01 * (c - 103), "mean": 0.5, "abmil": 0.49},

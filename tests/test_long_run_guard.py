@@ -65,13 +65,13 @@ def test_max_steps_brings_a_paper_run_under_the_limit(fake_timing):
 
 
 def test_stage2_plan_counts_the_uncached_stage1_run(fake_timing, tmp_path, monkeypatch):
-    from hipt import zoo
+    from hipt.book import zoo
 
     monkeypatch.setenv("HIPT_CACHE", str(tmp_path / "cache"))
     plan = zoo.training_plan(2, "cpu", max_steps=100)
     assert [e.steps for e in plan] == [192, 100]
-    assert plan[0].label.startswith("stage 1 (cpu-tiny") and plan[1].label == "stage 2 (cpu-tiny)"
-    with pytest.raises(LongRunError, match=r"max_steps caps stage 2 \(cpu-tiny\) only"):
+    assert plan[0].label.startswith("stage 1 (cpu") and plan[1].label == "stage 2 (cpu)"
+    with pytest.raises(LongRunError, match=r"max_steps caps stage 2 \(cpu\) only"):
         check_run_budget(plan, max_minutes=0.5)
 
 
@@ -140,7 +140,7 @@ def test_the_estimate_changes_no_number_of_the_run(tmp_path, capsys):
 def test_cpu_defaults_are_unchanged(tmp_path, monkeypatch):
     """The book's CPU runs: same configurations and cache keys as before the guard; no estimate is made
     when a run has progress off and no max_minutes (the book's CPU chapters)."""
-    from hipt.pretrain.export import model_dir
+    from hipt.book.zoo import model_dir
     from hipt.pretrain.trainer import config_hash
 
     monkeypatch.setenv("HIPT_CACHE", str(tmp_path / "cache"))

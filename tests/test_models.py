@@ -31,7 +31,7 @@ from hipt.models import (
     vit256_small,
     vit256_tiny,
 )
-from hipt.models.slide import AttnNetGated
+from hipt.models.slide_heads import AttnNetGated
 
 ATOL = 1e-5
 

@@ -124,7 +124,7 @@ def test_no_cpu_setting_leaks_into_the_paper_preset():
 def test_cpu_cache_keys_are_unchanged(tmp_path, monkeypatch):
     """The CPU cache keys change only when what the models are trained on changes (stage 2: the
     survival cohort's generator version 2, a deliberate change)."""
-    from hipt.pretrain.export import model_dir
+    from hipt.book.zoo import model_dir
 
     monkeypatch.setenv("HIPT_CACHE", str(tmp_path / "cache"))
     assert model_dir(make_config(1, "cpu-tiny")).name == "stage1-cpu-47c16c9f76"
@@ -148,9 +148,9 @@ def _refused(call, stage):
 @pytest.mark.parametrize("stage", [1, 2])
 def test_paper_pretraining_on_phantom_data_stops_before_any_work(stage, tmp_path, monkeypatch):
     import hipt.pretrain.trainer as trainer
-    from hipt import zoo
+    from hipt.book import zoo
+    from hipt.book.zoo import pretrained
     from hipt.pretrain import train
-    from hipt.pretrain.export import pretrained
 
     monkeypatch.setenv("HIPT_CACHE", str(tmp_path / "cache"))
     for name in ("build_dataset", "time_step", "build_backbone"):  # any work at all fails the test

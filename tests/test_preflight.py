@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hipt import reproduce as rp
+from hipt.book import reproduce as rp
 from hipt.cli import main
 from hipt.errors import HIPTError
 from hipt.io import DownloadError

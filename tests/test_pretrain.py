@@ -420,7 +420,7 @@ def test_region_truth_matches_feature_coords_to_phantom_regions(tmp_path):
 
     from hipt.errors import InputFileError
     from hipt.phantom import load_truth, make_cohort
-    from hipt.pretrain.export import region_grids, region_tokens, region_truth
+    from hipt.phantom.ground_truth import region_grids, region_tokens, region_truth
 
     cohort = make_cohort("context", tmp_path / "cohort", n_slides=2, regions_per_slide=2, region_size=1024,
                          n_variants=1, progress=False)
@@ -463,7 +463,7 @@ def test_token_bank_groups_real_tokens_by_true_tissue_and_bank_grids_follow_layo
     import h5py
 
     from hipt.phantom import load_truth, make_cohort
-    from hipt.pretrain.export import bank_grids, token_bank
+    from hipt.phantom.ground_truth import bank_grids, token_bank
 
     cohort = make_cohort("context", tmp_path / "cohort", n_slides=2, regions_per_slide=2, region_size=1024,
                          n_variants=1, progress=False)

@@ -185,7 +185,7 @@ def test_cli_trains_on_a_folder_of_images(tmp_path):
 
 
 def test_pretrained_trains_once_then_loads(tmp_path, monkeypatch):
-    from hipt.pretrain.export import pretrained
+    from hipt.book.zoo import pretrained
 
     monkeypatch.setenv("HIPT_CACHE", str(tmp_path / "cache"))
     kw = TINY | {"n_phantom": 8, "patch_size": 48, "epochs": 1, "progress": False}
@@ -206,8 +206,8 @@ def test_stage2_cache_key_follows_its_data(tmp_path, monkeypatch):
     zoo preset's region and patch sizes (a cache from another geometry is never reused)."""
     import dataclasses
 
-    from hipt import zoo
-    from hipt.pretrain.export import model_dir
+    from hipt.book import zoo
+    from hipt.book.zoo import model_dir
 
     monkeypatch.setenv("HIPT_CACHE", str(tmp_path / "cache"))
     cfg2 = make_config(2, "cpu-tiny")

@@ -243,12 +243,12 @@ def test_cli_fetch_dry_run_lists_the_knn_folds(tmp_path, capsys):
 
 
 def test_knn_table_reads_the_registry_layout_and_compares(tmp_path, monkeypatch):
-    from hipt.released import fetch, registry
+    from hipt.released import registry
 
     folds = registry.knn_folds_dir(tmp_path)
     for study, n in (("tcga_brca", 2), ("tcga_kidney", 3)):
         _write_folds(folds, study, "vit256mean", n, n_folds=10)
-    monkeypatch.setattr(fetch, "require_files", lambda *a, **k: tmp_path)  # synthetic files, not the registry's
+    monkeypatch.setattr(rs, "require_files", lambda *a, **k: tmp_path)  # synthetic files, not the registry's
     table = rs.knn_table(tmp_path, encoders=["vit256mean"], studies=["tcga_brca", "tcga_kidney"])
     assert len(table) == 4 and table["aucs"].map(len).eq(10).all()
     row = table[(table.study == "tcga_kidney") & (table.fraction == 1.0)].iloc[0]
@@ -260,7 +260,7 @@ def test_knn_table_reads_the_registry_layout_and_compares(tmp_path, monkeypatch)
 def test_run_table1_on_a_registered_task_in_the_released_layout(tmp_path, monkeypatch):
     """The whole path of ``hipt released table1`` for one fold: registered task, released file layout."""
     from hipt.paths import shared_reference_dir
-    from hipt.released import fetch, registry
+    from hipt.released import registry
     from hipt.tasks import load_task
 
     if shared_reference_dir() is None or not (shared_reference_dir() / "tcga").is_dir():
@@ -271,7 +271,7 @@ def test_run_table1_on_a_registered_task_in_the_released_layout(tmp_path, monkey
     g = torch.Generator().manual_seed(0)
     for sid, y in zip(task.table["slide_id"], task.table["label"]):
         torch.save(torch.randn(3, 192, generator=g) + float(y), folder / f"{sid}.pt")
-    monkeypatch.setattr(fetch, "require_files", lambda *a, **k: tmp_path)  # synthetic files, not the registry's
+    monkeypatch.setattr(rs, "require_files", lambda *a, **k: tmp_path)  # synthetic files, not the registry's
     rec = rs.run_table1(tmp_path, tmp_path / "out", tasks=["tcga_lung_subtype"], methods=["mil"], folds=[0],
                         fractions=[1.0], max_epochs=1, device="cpu", verbose=False)
     summary = rs.table1_summary(rec)

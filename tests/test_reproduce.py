@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from hipt import reproduce as rp
+from hipt.book import reproduce as rp
 from hipt.cli import main
 
 GOOD = """\

@@ -317,9 +317,9 @@ def test_phantom_task_writes_splits_once(cohort, tmp_path, monkeypatch, kind):
     """A phantom cohort becomes a task: its features folder, its table and split files made once."""
     import shutil
 
-    from hipt import zoo
+    from hipt.book import zoo
+    from hipt.book.tasks import phantom_task
     from hipt.tasks.splits import read_splits
-    from hipt.tasks.train import phantom_task
 
     feats = tmp_path / "feats"
     shutil.copytree(cohort / "features", feats)

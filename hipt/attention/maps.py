@@ -49,6 +49,7 @@ from hipt.attention.map_arithmetic import (
     tile_patch_maps,
     upsample_nearest,
 )
+from hipt.device import model_device
 from hipt.models import NORMALIZATION
 from hipt.slide import open_slide
 from hipt.tiling import load_coords
@@ -159,13 +160,6 @@ def region_to_patches(region: np.ndarray, patch_px: int) -> np.ndarray:
     )
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def _to_tensor(images: np.ndarray, mean_std, device) -> torch.Tensor:
     """``[B, H, W, 3]`` uint8 → ``[B, 3, H, W]`` float32 normalized, on ``device`` (one fused pass)."""
     mean, std = mean_std
@@ -191,7 +185,7 @@ def encode_patches(
     float32 or None)``; one forward pass per minibatch gives both where the model has
     ``forward_with_attention``.
     """
-    device = _device_of(vit256)
+    device = model_device(vit256)
     mean_std = _normalization(normalization)
     cls_out, attn_out = [], []
     for i in range(0, len(patches), batch_size):
@@ -259,7 +253,7 @@ def region_scores(
     attn4k = None
     if vit4k is not None:
         assert cls is not None
-        grid = cls.T.reshape(1, cls.shape[1], gh, gw).to(_device_of(vit4k))
+        grid = cls.T.reshape(1, cls.shape[1], gh, gw).to(model_device(vit4k))
         attn4k = region_cls_attention(vit4k, grid)[0].cpu().numpy()
     return RegionScores(attn256, attn4k, (gh, gw), cls)
 
@@ -461,7 +455,7 @@ def slide_attention(slide_model: nn.Module, features: torch.Tensor | np.ndarray,
     slide_model.eval()
     try:
         x = torch.as_tensor(np.asarray(features, dtype=np.float32)) if not torch.is_tensor(features) else features.float()
-        out = slide_model(x.to(_device_of(slide_model)), **kwargs)
+        out = slide_model(x.to(model_device(slide_model)), **kwargs)
     finally:
         slide_model.train(was_training)
     att = out.get("attention") if isinstance(out, dict) else getattr(out, "attention", None)

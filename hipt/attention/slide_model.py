@@ -20,7 +20,7 @@ from hipt.features import load_features
 from hipt.io import atomic_path
 from hipt.models import FeatureStandardizer, HIPTSlide, ViT4K
 from hipt.models.mil import HIPTMIL
-from hipt.models.weights import _infer_config
+from hipt.models.vit import _infer_config
 from hipt.tasks.train import train_epoch
 
 __all__ = [

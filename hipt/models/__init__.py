@@ -17,7 +17,7 @@
 """
 
 from hipt.models.hipt4k import HIPT4K, NORMALIZATION, HIPT4KOutput, normalize, patchify
-from hipt.models.slide import HIPTGP, AttnNetGated, FeatureStandardizer, HIPTSlide
+from hipt.models.slide_heads import HIPTGP, AttnNetGated, FeatureStandardizer, HIPTSlide
 from hipt.models.vit import (
     ViT4K,
     ViT256,

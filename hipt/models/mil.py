@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hipt.models.slide import HIPTGP, AttnNetGated, HIPTSlide
+from hipt.models.slide_heads import HIPTGP, AttnNetGated, HIPTSlide
 
 __all__ = [
     "METHODS",
@@ -131,7 +131,7 @@ class HIPTMIL(MILModel):
         local: ``"frozen"`` (default: the pretrained ViT-4096 is not trained; if the bag carries
             ``feats4k`` — extracted with that same ViT-4096 — they are used directly and the ViT is
             skipped: identical outputs, much faster), ``"finetune"`` or ``"scratch"``.
-        local_vit: the ViT-4096 module (e.g. ``hipt.zoo`` 's stage-2 model, or ``vit4k_xs`` with the
+        local_vit: the ViT-4096 module (e.g. ``hipt.book.zoo`` 's stage-2 model, or ``vit4k_xs`` with the
             released weights).  Needed unless ``local="frozen"`` and every bag has ``feats4k``.
         vit4k_weights: weights for a default ViT-XS when ``local_vit`` is None.
         use_feats4k: use the bag's ``feats4k`` in frozen mode (default True).
@@ -700,7 +700,7 @@ class StandardizedInput(MILModel):
     """A slide model whose bag arrays are z-scored first, with fixed training statistics.
 
     ``norms`` maps a bag key (``feats256`` ``[M, n, D]`` or ``feats4k`` ``[M, D]``) to a
-    :class:`hipt.models.slide.FeatureStandardizer` fitted on the training slides: the same input
+    :class:`hipt.models.slide_heads.FeatureStandardizer` fitted on the training slides: the same input
     normalization that frozen HIPT applies to its region tokens, so that every method of a comparison
     sees its features on the same footing (``hipt finetune`` without ``--no-standardize``).
     """

@@ -11,7 +11,7 @@ machinery:
 - :mod:`~hipt.pretrain.data`      streaming datasets and the resumable, shardable sampler
 - :mod:`~hipt.pretrain.config`    :class:`PretrainConfig`, the presets (``cpu``, ``gpu``, ``paper``), :func:`make_config`
 - :mod:`~hipt.pretrain.trainer`   :func:`train` (setup, resume, one epoch at a time), ``hipt pretrain``
-- ``hipt.pretrain.export``    train-or-load (``pretrained``) and checkpoint loading
+- ``hipt.pretrain.export``    model cache folders, the slim teacher export and checkpoint loading
 - ``hipt.pretrain.evaluate``  KNN probes used to show that pretraining learns
 """
 

@@ -147,7 +147,7 @@ class PatchMultiCrop:
     ``aug(patch, seed)`` runs both on one patch.  With ``defer_photometric=True`` it returns the uint8
     views and the parameters instead (``ncrops + 1`` tensors), and the trainer applies
     :meth:`photometric` to the collated batch, on the training device.  The views are the same; on
-    2 CPU cores the augmentation of a ``cpu-tiny`` batch takes 2.6× less time than per-image
+    2 CPU cores the augmentation of a ``cpu`` batch takes 2.6× less time than per-image
     torchvision transforms (which cost more than the tiny ViT's training step), and at the paper's
     sizes the per-patch half left to the data loaders is 6× cheaper (``benchmarks/bench_augment.py``).
     """

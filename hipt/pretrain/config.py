@@ -1,6 +1,6 @@
 """The settings of a DINO pretraining run: :class:`PretrainConfig` and the one preset table.
 
-:data:`PRESETS` names three presets, the same names as the book's pipeline presets (:mod:`hipt.zoo`):
+:data:`PRESETS` names three presets, the same names as the book's pipeline presets (:mod:`hipt.book.zoo`):
 
 - ``cpu``: the CPU book's tiny runs on phantom data (minutes on 2 cores); ``cpu-tiny`` is an accepted
   alias (:data:`PRESET_ALIASES`), its name before the presets were unified;

@@ -39,7 +39,7 @@ from hipt.pretrain.augment import _seeded, eval_patch_transform, to_chw_uint8
 from hipt.pretrain.trainer import build_backbone
 
 #: First seed of the stage-1 KNN test's patches (KNN training set, test set, stain shift: ``+0, +1, +2``).
-#: Fixed after the cpu-tiny preset was chosen and never used to choose it: the settings of that preset were
+#: Fixed after the cpu preset was chosen and never used to choose it: the settings of that preset were
 #: compared on patches of seeds 101–103, which a test of the preset must therefore not reuse.
 EVAL_SEED = 7000
 
@@ -278,7 +278,7 @@ def token_adjacency_features(grids: np.ndarray, n_clusters: int = 5, seed: int =
     looking at neighbours.
 
     Args:
-        grids: ``[M, D, H, W]`` stage-1 feature grids (:func:`hipt.pretrain.export.region_grids`).
+        grids: ``[M, D, H, W]`` stage-1 feature grids (:func:`hipt.phantom.ground_truth.region_grids`).
 
     Returns:
         ``[M, K(K+1)/2]`` float32 counts (upper triangle of the symmetric cluster-pair matrix, diagonal

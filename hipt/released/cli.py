@@ -19,6 +19,16 @@ from pathlib import Path
 import pandas as pd
 
 from hipt.errors import HIPTError
+from hipt.io import atomic_write_text
+from hipt.provenance import write_benchmark_result
+from hipt.released import fetch as fx
+from hipt.released.fetch import fetch_files
+from hipt.released.patch import add_arguments as add_patch_arguments, default_patch_files, run as run_patch
+from hipt.released.registry import knn_files, released_root
+from hipt.released.slide import (
+    estimate_seconds, format_mean_std, knn_table, run_survival, run_table1, SURVIVAL_TASKS, table1_runs,
+    table1_summary, task_slide_files, vit4k_knn_row,
+)
 from hipt.tasks.tables import markdown_table
 
 SUBCOMMANDS = ("fetch", "knn", "table1", "survival", "patch")
@@ -26,7 +36,6 @@ SUBCOMMANDS = ("fetch", "knn", "table1", "survival", "patch")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``hipt released``: one sub-command per table, and ``fetch``."""
-    from hipt.released.patch import add_arguments as add_patch_arguments
 
     sub = parser.add_subparsers(dest="released_command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
 
@@ -89,7 +98,6 @@ def _record(args: argparse.Namespace, name: str, df: pd.DataFrame, title: str) -
         return
     import sys
 
-    from hipt.reproduce import write_benchmark_result
 
     rows = [{k: (", ".join(f"{x:.4f}" for x in v) if isinstance(v, list) else v) for k, v in r.items()}
             for r in df.to_dict("records")]
@@ -102,7 +110,6 @@ def _record(args: argparse.Namespace, name: str, df: pd.DataFrame, title: str) -
 def _save(df: pd.DataFrame, out: Path | None, name: str) -> None:
     if out is None:
         return
-    from hipt.io import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / f"{name}.csv", df.to_csv(index=False))
@@ -111,10 +118,6 @@ def _save(df: pd.DataFrame, out: Path | None, name: str) -> None:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from hipt.released import fetch as fx
-    from hipt.released.patch import default_patch_files
-    from hipt.released.registry import knn_files, released_root
-    from hipt.released.slide import task_slide_files
 
     chosen = args.knn or args.slides or args.patch
     files = []
@@ -138,7 +141,6 @@ def _fetch_first(args: argparse.Namespace, files) -> None:
     """With ``--fetch``: download what is missing; stop with one error if anything failed."""
     if not args.fetch:
         return
-    from hipt.released.fetch import fetch_files
 
     report = fetch_files(files, root=args.root)
     print(report.summary())
@@ -147,8 +149,6 @@ def _fetch_first(args: argparse.Namespace, files) -> None:
 
 
 def _knn(args: argparse.Namespace) -> int:
-    from hipt.released.registry import knn_files
-    from hipt.released.slide import knn_table, task_slide_files, vit4k_knn_row
 
     _fetch_first(args, knn_files() + (task_slide_files() if args.vit4k else []))
 
@@ -159,7 +159,6 @@ def _knn(args: argparse.Namespace) -> int:
     _record(args, "released_knn", table, "KNN on the reference's released mean-embedding folds (test AUC)")
     if args.vit4k:
         rec = vit4k_knn_row(args.root)
-        from hipt.released.slide import format_mean_std
 
         rows = [{"encoder": "ViT-4K mean of [M, 192] (this package)", "task": t, "fraction": f,
                  "ours": format_mean_std(g["value"])} for (t, f), g in rec.groupby(["task", "fraction"])]
@@ -169,16 +168,7 @@ def _knn(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from hipt.released.slide import (
-        SURVIVAL_TASKS,
-        estimate_seconds,
-        run_survival,
-        run_table1,
-        table1_runs,
-        table1_summary,
-    )
 
-    from hipt.released.slide import task_slide_files
 
     overrides = {"max_epochs": args.epochs, "device": args.device}
     if args.folds is not None:
@@ -221,7 +211,6 @@ def run(args: argparse.Namespace) -> int:
     if cmd in ("table1", "survival"):
         return _train(args)
     if cmd == "patch":
-        from hipt.released.patch import run as run_patch
 
         return run_patch(args)
     raise HIPTError(f"unknown sub-command {cmd!r}")

@@ -44,6 +44,9 @@ import numpy as np
 import pandas as pd
 
 from hipt.errors import HIPTError, InputFileError
+from hipt.io import atomic_path, atomic_write_text
+from hipt.provenance import benchmark_results_dir, git_commit, hardware, machine_summary
+from hipt.released.fetch import fetch_files
 from hipt.released.registry import (
     read_embedding_pickle,
     PATCH_DATASETS,
@@ -405,9 +408,8 @@ def max_abs_difference(comparison: pd.DataFrame) -> float:
 def _record_path(path: str | Path | None) -> Path:
     if path is not None:
         return Path(path)
-    from hipt.reproduce import _benchmark_results_dir
 
-    return _benchmark_results_dir() / f"{RECORD_NAME}.json"
+    return benchmark_results_dir() / f"{RECORD_NAME}.json"
 
 
 def write_record(tables: Mapping[str, pd.DataFrame], path: str | Path | None = None,
@@ -422,8 +424,6 @@ def write_record(tables: Mapping[str, pd.DataFrame], path: str | Path | None = N
     import datetime as dt
     import sys
 
-    from hipt.io import atomic_write_text
-    from hipt.reproduce import git_commit, hardware, machine_summary
 
     rows = []
     for dataset, table in tables.items():
@@ -535,7 +535,6 @@ def run(args: argparse.Namespace) -> int:
     files = patch_files(args.datasets, encoders)
     absent = missing_files(files, root)
     if args.fetch and absent:
-        from hipt.released.fetch import fetch_files
 
         print(f"fetching {download_size(absent)} into {root}")
         fetch_files(absent, root=root)
@@ -548,7 +547,6 @@ def run(args: argparse.Namespace) -> int:
               "the reference printed 3 decimals)")
         print(cmp.round(4).to_string())
         if args.out is not None:
-            from hipt.io import atomic_path, atomic_write_text
 
             stem = Path(args.out) / f"released_patch_{dataset}"
             with atomic_path(stem.with_suffix(".csv")) as tmp:

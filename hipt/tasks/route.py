@@ -41,6 +41,9 @@ import pandas as pd
 from hipt.errors import HIPTError, InputFileError
 from hipt.io import atomic_write_text
 from hipt.paths import project_root
+from hipt.provenance import read_benchmark_results
+from hipt.released.registry import slide_files
+from hipt.tasks.tables import TABLE_METHODS
 from hipt.tasks.tcga import TASKS, TaskData, load_task, read_table
 
 __all__ = [
@@ -331,14 +334,12 @@ def released_regions(slide_ids: list[str] | pd.Series) -> np.ndarray:
     The reference cut its regions with its own tiling (CLAM's, 4096 px at 20×); ``hipt patch`` finds a
     similar but not identical number.
     """
-    from hipt.released.registry import slide_files
 
     files = slide_files(list(slide_ids), missing="drop")
     return np.array([(f.size - 760) // 768 for f in files], dtype=np.int64)
 
 
 def _records(records_dir: str | Path | None) -> dict[str, dict]:
-    from hipt.reproduce import read_benchmark_results
 
     if records_dir is None:
         root = project_root()
@@ -460,11 +461,10 @@ def route_estimate(task_names: str | list[str] | tuple[str, ...] = TABLE1_TASKS,
     # 4. fine-tuning, Table 1's grid
     folds = records.get("mil_gpu_folds")
     if folds:
-        from hipt.reproduce import TARGETS
 
         fold_rows = [r for r in folds["rows"] if r.get("precision", "fp32") == "fp32"]
         per_slide = {r["method"]: float(r["seconds_3_epochs"]) / (3 * float(r["n_train"])) for r in fold_rows}
-        methods = TARGETS["table1"].methods
+        methods = TABLE_METHODS
         fastest = min(per_slide.values())
         seconds_per_slide_epoch = sum(per_slide.get(m, fastest) for m in methods)
         train = sum(len(s.train) for data in tasks.values() for s in data.splits)

@@ -53,6 +53,7 @@ from hipt.metrics import mean_std
 
 __all__ = [
     "RECORD_COLUMNS",
+    "TABLE_METHODS",
     "METRIC_ALIASES",
     "METHOD_LABELS",
     "TASK_LABELS",
@@ -69,6 +70,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("hipt.tasks")
+
+#: The slide-level methods of the paper's Table 1 and Table 2 (``hipt finetune --method``), in its order
+TABLE_METHODS = ("hipt", "hipt_n", "mean", "abmil", "clam_sb", "dsmil", "deepattnmisl", "gcn", "transmil")
 
 #: The columns every per-fold record has (see the module docstring); extra columns are kept.
 RECORD_COLUMNS = ("task", "method", "fraction", "fold", "split", "metric", "value")

@@ -46,11 +46,17 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from hipt.device import resolve_device
 from hipt.errors import HIPTError
 from hipt.io import atomic_path
+from hipt.metrics import auc, concordance_index, mean_std
+from hipt.models.mil import build_model, METHODS, StandardizedInput
+from hipt.models.slide_heads import FeatureStandardizer
 from hipt.precision import PRECISIONS, autocast, describe, grad_scaler, resolve_precision
+from hipt.survival import hazards_to_survival, nll_loss
 from hipt.tasks.datasets import BagDataset, bag_items
-from hipt.tasks.tables import RECORD_COLUMNS, write_fold_results
+from hipt.tasks.tables import RECORD_COLUMNS, summarize, write_fold_results
+from hipt.tasks.tcga import load_task
 
 __all__ = [
     "FinetuneConfig",
@@ -62,7 +68,6 @@ __all__ = [
     "run_cv",
     "permutation_null",
     "standardize_inputs",
-    "phantom_task",
     "evaluate",
     "fold_paths",
     "method_name",
@@ -200,12 +205,6 @@ def make_sampler(ds: BagDataset, weighted: bool, generator: torch.Generator) -> 
     return torch.utils.data.RandomSampler(ds, generator=generator)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _to(bag: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in bag.items()}
 
@@ -222,7 +221,6 @@ def _keys_for(method: str, hipt_local: str, tokens: str = "patch") -> tuple[str,
 
 
 def _survival_outputs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from hipt.survival import hazards_to_survival
 
     hazards = torch.sigmoid(logits)
     return hazards, hazards_to_survival(hazards)
@@ -231,7 +229,6 @@ def _survival_outputs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 def task_loss(logits: torch.Tensor, item: dict, survival: bool, alpha: float = 0.0) -> torch.Tensor:
     """Cross-entropy, or the survival NLL on ``hazards = sigmoid(logits)`` (item's ``label`` = time bin)."""
     if survival:
-        from hipt.survival import nll_loss
 
         hazards, S = _survival_outputs(logits)
         return nll_loss(hazards, S, item["label"], item["censorship"], alpha=alpha)
@@ -332,7 +329,6 @@ def evaluate(pred: pd.DataFrame, survival: bool) -> dict[str, float]:
     """Metrics of a prediction frame: ``auc`` and ``acc`` (classification), ``c_index`` (survival)."""
     import warnings
 
-    from hipt.metrics import auc, concordance_index
 
     if len(pred) == 0:
         return {}
@@ -388,13 +384,11 @@ def _records(task: str, method: str, fraction: float, fold: int, metrics: dict[s
 
 # ------------------------------------------------------------------------------------------ folds
 def _load_task(config: FinetuneConfig):
-    from hipt.tasks.tcga import load_task
 
     return load_task(config.task, splits_dir=config.splits_dir, kind=config.kind, n_bins=config.n_bins)
 
 
 def _build(config: FinetuneConfig, in_dim: int, n_outputs: int, survival: bool, local_vit: torch.nn.Module | None):
-    from hipt.models.mil import build_model
 
     kwargs: dict[str, Any] = {}
     if config.method == "hipt":
@@ -414,8 +408,6 @@ def standardize_inputs(model: torch.nn.Module, config: FinetuneConfig, train: Ba
     fine-tuned or trained from scratch is left alone: its input is the patch-token grid that the ViT-4K
     was pretrained on.
     """
-    from hipt.models.mil import StandardizedInput
-    from hipt.models.slide import FeatureStandardizer
 
     if config.method == "hipt":
         if config.hipt_local == "frozen":
@@ -451,7 +443,7 @@ def train_fold(
     survival = task.kind == "survival"
     name = config.task_name or task.name
     method = method_name(config)
-    device = _device(config.device)
+    device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)  # once, before any data are read
     keys = _keys_for(config.method, config.hipt_local, config.tokens)
     split = task.fold(fold, fraction, random_state=config.frac_seed)
@@ -545,7 +537,7 @@ def run_cv(config: FinetuneConfig, local_vit: torch.nn.Module | None = None, tas
                 frames.append(pd.read_csv(path))
                 continue
             if config.verbose and not shown:  # once, and only when a fold trains (not for a resumed run)
-                print(describe(config.precision, _device(config.device)))
+                print(describe(config.precision, resolve_device(config.device)))
                 shown = True
             frames.append(train_fold(config, k, fraction, task=task, local_vit=local_vit).records)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(RECORD_COLUMNS))
@@ -573,7 +565,6 @@ def permutation_null(
     """
     import tempfile
 
-    from hipt.metrics import mean_std
 
     task = _load_task(config)
     if task.splits_dir is None:
@@ -603,52 +594,8 @@ def permutation_null(
     return pd.DataFrame(rows)
 
 
-def phantom_task(
-    kind: str,
-    preset: str = "cpu",
-    n_slides: int | None = None,
-    n_folds: int = 5,
-    split_seed: int = 0,
-    val_frac: float = 0.15,
-    test_frac: float = 0.25,
-    progress: bool = False,
-    stain_jitter: float | None = None,
-    cohort_seed: int = 0,
-) -> dict[str, str]:
-    """A phantom cohort as a fine-tuning task: its features (from :func:`hipt.zoo.cohort_features`),
-    its table and generated split files, as :class:`FinetuneConfig` fields.
-
-    ``composition2``/``composition3``/``context``: Monte-Carlo subtyping folds (train/val/test; the
-    small CPU cohorts get larger val/test fractions than TCGA's 10 %/10 % so that a test set holds more
-    than a handful of slides).  ``survival``: ``n_folds``-fold cross-validation over cases.
-
-    Two seeds, so that a result can be checked on other draws: ``cohort_seed`` draws the slides (a new
-    seed generates, patches and extracts a new cohort, ~45 s for the 64-slide context cohort on 2 CPU
-    cores) and ``split_seed`` draws the folds (split files are written once beside the features,
-    ``splits_<kind>_k<n>_..._seed<s>/``).  ``stain_jitter``: the cohort's per-slide stain jitter (None: the
-    kind's, :data:`hipt.phantom.COHORT_STAIN_JITTER`).
-
-    Returns ``{"features_dir", "task", "splits_dir", "kind", "task_name"}``.
-    """
-    from hipt import zoo
-    from hipt.tasks.splits import make_splits
-
-    feats = Path(zoo.cohort_features(kind, preset=preset, seed=cohort_seed, n_slides=n_slides, progress=progress,
-                                     stain_jitter=stain_jitter))
-    table = feats / "table.csv"
-    split_kind = "survival" if kind == "survival" else "subtype"
-    tag = f"splits_{split_kind}_k{n_folds}_v{val_frac:g}_t{test_frac:g}_seed{split_seed}"
-    splits = feats / tag
-    if not (splits / f"splits_{n_folds - 1}.csv").is_file():
-        make_splits(pd.read_csv(table), n_folds, split_kind, seed=split_seed, out_dir=splits,
-                    val_frac=val_frac, test_frac=test_frac)
-    return {"features_dir": str(feats), "task": str(table), "splits_dir": str(splits), "kind": split_kind,
-            "task_name": f"phantom_{kind}"}
-
-
 # ------------------------------------------------------------------------------------------ CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from hipt.models.mil import METHODS
 
     d = FinetuneConfig()
     parser.add_argument("--features", required=True, help="folder of 'hipt extract' feature files (<slide_id>.h5)")
@@ -705,7 +652,6 @@ def run(args: argparse.Namespace) -> int:
         vit4k_weights=args.vit4k_weights, device=args.device, precision=args.precision, num_workers=args.workers, cache_mb=args.cache_mb,
         missing=args.missing, resume=not args.no_resume, save_model=args.save_model,
     )
-    from hipt.tasks.tables import summarize
 
     records = run_cv(config)
     for split, metric in (("val", "c_index"), ("val", "auc"), ("test", "auc")):

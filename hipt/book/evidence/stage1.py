@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from hipt.evidence import fmt
+from hipt.book.evidence import fmt
 
 __all__ = ["CHAPTER", "SATURATED", "MAIN_TEST", "JITTER_TEST", "SAME_TEST", "gain_verdict", "gain_table",
            "seeds_table", "knn_findings", "seeds_findings", "seed_rows", "record_agreement"]

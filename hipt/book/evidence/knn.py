@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from hipt.evidence import fmt
+from hipt.book.evidence import fmt
 
 __all__ = ["knn_findings"]
 

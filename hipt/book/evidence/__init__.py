@@ -11,7 +11,7 @@ the median effect, an interval and the share of seed combinations where the clai
 shows that next to its own run and words the claim with :func:`verdict`, so that a claim which holds
 on 4 seeds of 10 is reported as exactly that.
 
-The chapters' findings helpers live in the submodules (:mod:`hipt.evidence.finetuning`, ...): each takes
+The chapters' findings helpers live in the submodules (:mod:`hipt.book.evidence.finetuning`, ...): each takes
 numbers and returns text whose wording depends on them; the tests feed them numbers that contradict
 the book's and check that the text changes.
 """

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hipt.evidence import Claim, fmt, holds_share_text, summarize_claims, verdict
+from hipt.book.evidence import Claim, fmt, holds_share_text, summarize_claims, verdict
+from hipt.metrics import concordance_index
 
 __all__ = ["CHAPTER", "METHODS", "BAG_METHODS", "SURVIVAL_CLAIMS", "heldout_permutation_null", "pooled_cindex",
            "survival_effects", "chance_findings", "comparison_findings", "claims_this_run", "sweep_table",
@@ -98,8 +99,6 @@ def heldout_permutation_null(pred: pd.DataFrame, n_permutations: int = 2000, see
 def pooled_cindex(pred: pd.DataFrame) -> float:
     """The c-index of all held-out risks pooled over folds (each case once, ranked against cases of
     other folds too; the fold models' risks are not on one scale)."""
-    from hipt.metrics import concordance_index
-
     if "split" in pred:
         pred = pred[pred["split"] == "val"]
     return concordance_index(pred["time"], pred["risk"], 1 - pred["censorship"])
@@ -107,7 +106,7 @@ def pooled_cindex(pred: pd.DataFrame) -> float:
 
 def survival_effects(cindex: Mapping[str, float], chance: Mapping[str, float], oracle: float,
                      band: Mapping[str, tuple[float, float]] | None = None) -> dict[str, float]:
-    """The chapter's effects for :func:`hipt.evidence.write_effects`.
+    """The chapter's effects for :func:`hipt.book.evidence.write_effects`.
 
     ``cindex``: mean per-fold validation c-index per method; ``chance``: mean of the same statistic over
     that method's shuffled-outcome reruns (missing or NaN: not measured); ``oracle``: c-index of the true
@@ -293,7 +292,7 @@ def sweep_table(rows: Sequence[Mapping[str, Any]], claims: Sequence[Claim] = SUR
 
 def sweep_findings(summary: pd.DataFrame | None, effects: Mapping[str, float],
                    claims: Sequence[Claim] = SURVIVAL_CLAIMS) -> str:
-    """Each claim worded with :func:`hipt.evidence.verdict` over the recorded sweep; without a sweep,
+    """Each claim worded with :func:`hipt.book.evidence.verdict` over the recorded sweep; without a sweep,
     from this run alone, said as such."""
     by_name = {c.name: c for c in claims}
     lines = []

@@ -48,15 +48,34 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from hipt import phantom
+from hipt.device import resolve_device
 from hipt.errors import HIPTError
+from hipt.features import build_encoder, extract_folder
+from hipt.io import atomic_path, cache_lock, data_files
 from hipt.paths import cache_dir
+from hipt.pretrain import export
+from hipt.pretrain.export import TEACHER_NAME, export_teacher, load_pretrained
+from hipt.pretrain.trainer import (
+    CHECKPOINT_NAME,
+    PaperDataError,
+    PretrainConfig,
+    _torch_load,
+    check_pretraining_data,
+    estimate_run,
+    make_config,
+    paper_data_message,
+    train,
+)
+from hipt.tiling import patch_folder
 
-__all__ = ["Preset", "PRESETS", "get_preset", "ChapterRun", "CHAPTER_PRESETS", "GPUNeededError", "chapter_run",
-           "cohort", "patches", "stage1_model", "stage2_model",
-           "cohort_features", "pretraining_features", "training_plan"]
+__all__ = ["Preset", "PRESETS", "get_preset", "pipeline_preset", "ChapterRun", "CHAPTER_PRESETS", "GPUNeededError",
+           "chapter_run", "describe_device", "cohort", "patches", "model_dir", "pretrained", "stage1_model",
+           "stage2_model", "cohort_features", "pretraining_features", "training_plan", "describe"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +87,7 @@ class Preset:
     patch_size: int
     n_slides: int
     regions_per_slide: int
-    pretrain_preset: str  #: :data:`hipt.pretrain.PRESETS` key
+    pretrain_preset: str  #: :data:`hipt.pretrain.PRESETS` key (the pretraining preset of the models)
     extract_dtype: str  #: ``fp32`` or ``bf16`` compute for feature extraction
     batch_regions: int
     #: the unlabelled phantom cohort whose stage-1 features pretrain stage 2 (kind, n_slides); None: real
@@ -83,7 +102,7 @@ PRESETS: dict[str, Preset] = {
     # generation, patching and extraction within a chapter's CPU budget; the region keeps HIPT's 8x8-style
     # grid of patches (measurements: benchmarks/results/cpu_geometry.json, the Performance appendix).
     "cpu": Preset("cpu", region_size=1024, patch_size=128, n_slides=48, regions_per_slide=4,
-                  pretrain_preset="cpu-tiny", extract_dtype="bf16", batch_regions=2,
+                  pretrain_preset="cpu", extract_dtype="bf16", batch_regions=2,
                   # the context cohort carries the book's central question and its region probes, which
                   # need more slides per class than a composition task: 64 slides, the others 48
                   cohort_sizes=(("context", 64),),
@@ -103,17 +122,21 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(preset: str | Preset = "cpu") -> Preset:
-    """A :class:`Preset` by name (``"cpu"``, ``"gpu"``, ``"paper"``, or a pretraining preset's name)."""
+    """A :class:`Preset` by name (``"cpu"``, ``"gpu"`` or ``"paper"``)."""
     if isinstance(preset, Preset):
         return preset
-    name = {"cpu-tiny": "cpu"}.get(preset, preset)
-    if name not in PRESETS:
+    if preset not in PRESETS:
         raise HIPTError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]
+    return PRESETS[preset]
 
 
-def _device() -> str:
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
+def pipeline_preset(config: PretrainConfig) -> Preset:
+    """The :class:`Preset` whose pretraining preset made ``config`` (its ``preset`` field)."""
+    for p in PRESETS.values():
+        if make_config(config.stage, p.pretrain_preset).preset == config.preset:
+            return p
+    raise HIPTError(f"pretraining preset {config.preset!r} belongs to no preset of the book's pipeline "
+                    f"({', '.join(PRESETS)})")
 
 
 class GPUNeededError(HIPTError):
@@ -174,7 +197,7 @@ def chapter_run(preset: str, *, needs_gpu: bool = True) -> ChapterRun:
             "again. On a machine without a GPU use preset 'cpu': the same experiment at the CPU book's sizes.")
     p = get_preset(preset)
     return ChapterRun(preset=preset, pipeline=p, pretrain_preset=p.pretrain_preset,
-                      device=_device() if preset != "cpu" else "cpu", phantom=preset != "paper",
+                      device=str(resolve_device("auto")) if preset != "cpu" else "cpu", phantom=preset != "paper",
                       full_size=preset != "cpu", progress=preset != "cpu")
 
 
@@ -209,8 +232,6 @@ def cohort(kind: str, preset: str | Preset = "cpu", seed: int = 0, n_slides: int
     ``stain_jitter``: per-slide stain jitter; None: the kind's (:data:`hipt.phantom.COHORT_STAIN_JITTER`).
     Returns a :class:`hipt.phantom.Cohort` (``.table`` with ``slide_id, path, label, …``).
     """
-    from hipt import phantom
-
     p = get_preset(preset)
     n = dict(p.cohort_sizes).get(kind, p.n_slides) if n_slides is None else n_slides
     return phantom.make_cohort(kind, n_slides=n, regions_per_slide=p.regions_per_slide,
@@ -221,8 +242,6 @@ def cohort(kind: str, preset: str | Preset = "cpu", seed: int = 0, n_slides: int
 def patches(kind: str, preset: str | Preset = "cpu", seed: int = 0, n_slides: int | None = None,
             progress: bool = True, stain_jitter: float | None = None) -> Path:
     """``hipt patch`` output folder (``coords/``, ``masks/``, ``thumbnails/``, ``summary.csv``) of a cohort."""
-    from hipt.tiling import patch_folder
-
     p = get_preset(preset)
     c = cohort(kind, p, seed, n_slides, progress, stain_jitter)
     out = cache_dir("patches", c.out_dir.name)
@@ -231,14 +250,87 @@ def patches(kind: str, preset: str | Preset = "cpu", seed: int = 0, n_slides: in
 
 
 # ------------------------------------------------------------------------------------------ models
+def model_dir(config: PretrainConfig, tag: str | None = None) -> Path:
+    """The cache folder of a configuration: ``<cache>/models/stage<s>-<cpu|gpu|paper>[-<tag>]-<hash>``
+    (:func:`hipt.pretrain.export.model_dir`, named by the pipeline preset), so that the chapters share one
+    trained model per setting.
+
+    For stage 2 on the default phantom data the hash leaves out ``data`` (a cache path) and takes in
+    what that data is made of instead: the stage-1 model of the same preset, whose features it trains
+    on, and the preset's region and patch sizes.  A new stage-1 model or a new cohort geometry, or a new
+    version of the phantom generator behind its cohort, means a new stage-2 model, never a stale one.
+    """
+    p = pipeline_preset(config)
+    data_key = None
+    if config.stage == 2 and config.data == "phantom":
+        kind = p.stage2_cohort[0] if p.stage2_cohort else None
+        # the generator version of the cohort it trains on: a regenerated cohort means a new model
+        version = f":{kind}-v{phantom.COHORT_VERSION[kind]}" if kind and phantom.COHORT_VERSION.get(kind, 1) > 1 else ""
+        data_key = (f"phantom:{model_dir(make_config(1, config.preset)).name}"
+                    f":r{p.region_size}p{p.patch_size}{version}")
+    return export.model_dir(config, tag, label=p.name, data_key=data_key)
+
+
+def pretrained(
+    stage: int = 1,
+    preset: str = "cpu",
+    *,
+    force: bool = False,
+    progress: bool = True,
+    dataset=None,
+    tag: str | None = None,
+    **overrides: Any,
+) -> torch.nn.Module:
+    """The teacher backbone of a DINO run: loaded from the cache if this configuration was trained
+    before, else trained now (resuming an interrupted run) and cached (:func:`model_dir`).
+
+    Args:
+        stage: 1 (ViT256 on patches) or 2 (ViT4K on feature grids).  With ``cpu`` and ``gpu``, by default
+            phantom patches (stage 1) and the stage-1 features of the book's unlabelled phantom cohort
+            (:func:`pretraining_features`; stage 2).
+        preset: the pretraining preset (:data:`hipt.pretrain.PRESETS`): ``"cpu"`` (minutes on a CPU),
+            ``"gpu"`` (the paper's networks, minutes on a GPU; phantom or real data) or ``"paper"`` (every
+            reference setting; pass ``data``: a folder of patches or a ``hipt patch`` folder for stage 1, a
+            folder of ``hipt extract`` features for stage 2; phantom data raise
+            :class:`hipt.pretrain.trainer.PaperDataError`).
+        force: retrain even if cached.
+        dataset: train on this dataset instead of ``config.data`` (then name it with ``tag``: the cache
+            key is the configuration plus the tag, it cannot hash the data).
+        overrides: :class:`hipt.pretrain.PretrainConfig` fields.
+
+    Returns the backbone in eval mode, with ``.pretrain_dir`` (the cache folder) set.
+    """
+    config = make_config(stage, preset, **overrides)
+    check_pretraining_data(config, dataset)  # the paper preset on phantom data: refused before any work
+    if dataset is not None and not tag:
+        raise ValueError("pretrained(dataset=...) needs a tag naming the data (it is part of the cache key)")
+    out = model_dir(config, tag)
+    with cache_lock(out):  # a second process waits here, then loads what the first one trained
+        model = _train_or_load(config, out, force, progress, dataset)
+    model.pretrain_dir = out  # type: ignore[attr-defined]
+    return model
+
+
+def _train_or_load(config: PretrainConfig, out: Path, force: bool, progress: bool, dataset) -> torch.nn.Module:
+    teacher_path = out / TEACHER_NAME
+    if teacher_path.is_file() and not force:
+        return load_pretrained(teacher_path)
+    if force and (out / CHECKPOINT_NAME).is_file():
+        (out / CHECKPOINT_NAME).unlink()
+    if config.stage == 2 and dataset is None and config.data == "phantom":
+        # the book's unlabelled pretraining cohort, its stage-1 features
+        config = config.replace(data=str(pretraining_features(pipeline_preset(config), progress=progress)))
+    result = train(config.replace(out_dir=str(out), progress=progress), dataset)
+    export_teacher(result, teacher_path, config)
+    return result.teacher.eval()
+
+
 def stage1_model(preset: str | Preset = "cpu", progress: bool = True, **overrides) -> torch.nn.Module:
-    """The stage-1 ViT256 (teacher, eval mode): :func:`hipt.pretrain.export.pretrained` (train-or-load).
+    """The stage-1 ViT256 (teacher, eval mode): :func:`pretrained` (train-or-load).
 
     ``overrides`` change :class:`hipt.pretrain.PretrainConfig` fields (and so the cache folder).  The
     ``paper`` preset needs ``data=`` (a folder of patches or a ``hipt patch`` folder of real slides).
     """
-    from hipt.pretrain.export import pretrained
-
     with _all_cores():
         return pretrained(1, get_preset(preset).pretrain_preset, progress=progress, **overrides).eval()
 
@@ -260,8 +352,6 @@ def stage2_model(preset: str | Preset = "cpu", progress: bool = True, **override
     :func:`pretraining_features`), never the cohorts that the slide-level chapters evaluate on.  The
     ``paper`` preset needs ``data=`` (a folder of ``hipt extract`` features of real slides).
     """
-    from hipt.pretrain.export import pretrained
-
     with _all_cores():
         return pretrained(2, get_preset(preset).pretrain_preset, progress=progress, **overrides).eval()
 
@@ -278,12 +368,6 @@ def training_plan(stage: int, preset: str | Preset = "cpu", *, force: bool = Fal
     batches (:func:`hipt.pretrain.trainer.time_step`: seconds on a GPU, up to tens of seconds for the
     ``paper`` models on a CPU).  Pass the list to :func:`hipt.pretrain.trainer.check_run_budget`.
     """
-    from hipt.pretrain import make_config
-    from hipt.pretrain.export import TEACHER_NAME, model_dir
-    from hipt.pretrain.trainer import CHECKPOINT_NAME, _torch_load, estimate_run
-
-    from hipt.pretrain.trainer import check_pretraining_data
-
     p = get_preset(preset)
     name = p.pretrain_preset
     check_pretraining_data(make_config(stage, name, **overrides))  # paper on phantom data: refused here
@@ -300,13 +384,13 @@ def training_plan(stage: int, preset: str | Preset = "cpu", *, force: bool = Fal
     config = make_config(stage, name, **overrides)
     n_items = None
     if stage == 2 and config.data == "phantom":
-        stage1 = pending(make_config(1, name), f"stage 1 ({name}, the full run whose features stage 2 trains on)",
-                         False)
+        stage1 = pending(make_config(1, name), f"stage 1 ({config.preset}, the full run whose features stage 2 "
+                                               "trains on)", False)
         if stage1 is not None:
             plan.append(stage1)
         _, n = p.stage2_cohort  # at most this many regions: the tissue regions of its slides
         n_items = n * p.regions_per_slide
-    run = pending(config, f"stage {stage} ({name})", force, n_items)
+    run = pending(config, f"stage {stage} ({config.preset})", force, n_items)
     if run is not None:
         plan.append(run)
     return plan
@@ -314,18 +398,13 @@ def training_plan(stage: int, preset: str | Preset = "cpu", *, force: bool = Fal
 
 # ------------------------------------------------------------------------------------------ features
 def _model_key(stage: int, p: Preset) -> str:
-    """The hash part of the preset's stage-``stage`` model cache folder (:func:`hipt.pretrain.export.model_dir`)."""
-    from hipt.pretrain import make_config
-    from hipt.pretrain.export import model_dir
-
+    """The hash part of the preset's stage-``stage`` model cache folder (:func:`model_dir`)."""
     return model_dir(make_config(stage, p.pretrain_preset)).name.rsplit("-", 1)[-1]
 
 
 def _refuse_paper_pretraining(p: Preset, stage: int) -> None:
     """The ``paper`` preset's models are pretrained on real data only: refuse before drawing a cohort."""
     if p.pretrain_preset == "paper":
-        from hipt.pretrain.trainer import PaperDataError, paper_data_message
-
         raise PaperDataError(paper_data_message(stage))
 
 
@@ -340,28 +419,21 @@ def _extract(kind: str, p: Preset, seed: int, n_slides: int | None, with_vit4k: 
     # the folder names the models too: features of a retrained model never mix with stale ones
     models = [_model_key(1, p)] + ([_model_key(2, p)] if with_vit4k else [])
     out = cache_dir("features", f"{c.out_dir.name}-{tag}-{'-'.join(models)}")
-    from hipt.io import cache_lock
-
     with cache_lock(out), _all_cores():
         return _extract_locked(c, p, patch_dir, out, with_vit4k, progress)
 
 
 def _extract_locked(c, p: Preset, patch_dir: Path, out: Path, with_vit4k: bool, progress: bool) -> Path:
-    from hipt.features import build_encoder, extract_folder
-    from hipt.io import data_files
-
     table = out / "table.csv"
     if not table.is_file() or len(data_files(out, "*.h5")) < len(c.table):
         vit256 = stage1_model(p, progress)
         vit4k = stage2_model(p, progress) if with_vit4k else None
         enc = build_encoder(vit256, vit4k, patch_size=p.patch_size)
         results = extract_folder(patch_dir, out, enc, batch_regions=p.batch_regions, dtype=p.extract_dtype,
-                                 device=_device(), progress=progress)
+                                 device=str(resolve_device("auto")), progress=progress)
         failed = [r for r in results if getattr(r, "status", "ok") == "failed"]
         if failed:
             raise HIPTError(f"{out}: feature extraction failed for {len(failed)} slide(s); see summary.csv")
-        from hipt.io import atomic_path
-
         with atomic_path(table) as tmp:
             shutil.copyfile(c.out_dir / "table.csv", tmp)
     return out

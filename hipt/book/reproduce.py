@@ -75,13 +75,9 @@ an unknown chapter or target).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import hashlib
 import itertools
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -89,10 +85,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hipt import __version__
+import pandas as pd
+
+from hipt.book.evidence import EFFECTS_NAME, sweep_rows
 from hipt.errors import HIPTError, InputFileError
 from hipt.io import atomic_write_text
 from hipt.paths import project_root
+from hipt.provenance import hardware, provenance, read_provenance, safe_name, write_benchmark_result
+from hipt.tasks import tables
+from hipt.tasks.preflight import check_task_inputs, feature_levels
+from hipt.tasks.tables import TABLE_METHODS
 
 SUBTYPING_TASKS = ("tcga_brca_subtype", "tcga_kidney_subtype", "tcga_lung_subtype")
 SURVIVAL_TASKS = (
@@ -104,7 +106,7 @@ SURVIVAL_TASKS = (
     "tcga_stad_survival",
 )
 #: the slide-level methods of Table 1 / Table 2 (``hipt finetune --method``)
-METHODS = ("hipt", "hipt_n", "mean", "abmil", "clam_sb", "dsmil", "deepattnmisl", "gcn", "transmil")
+METHODS = TABLE_METHODS
 #: the KNN embeddings of chapter 8 (mean ViT-4K region tokens, mean ViT-256 patch tokens)
 KNN_METHODS = ("vit4k_mean", "vit256_mean")
 GRID_AXES = ("task", "methods", "fractions", "folds")
@@ -181,17 +183,13 @@ class Run:
                 prefix = {"fractions": "frac", "folds": "fold"}.get(axis, "")
                 parts.append(prefix + "+".join(str(v) for v in values))
         parts.append(digest)
-        return "-".join(_safe(p) for p in parts)
+        return "-".join(safe_name(p) for p in parts)
 
 
 def settings_key(*settings: Any) -> str:
     """A short stable hash of JSON-able settings: names a results folder after everything that changes
     its results, so that resuming never mixes runs of different settings."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def _safe(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "._+" else "_" for c in s)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,7 +301,7 @@ def seed_sweep_runs(chapters: Sequence[str] | None = None, cohort_seeds: Sequenc
                     split_seeds: Sequence[int] = SWEEP_SPLIT_SEEDS, params: dict[str, Any] | None = None) -> list[Run]:
     """The seeds sweep: each chapter of :data:`SWEEP_VARIANTS` (or ``chapters``) with its CPU preset, once per
     cohort seed × split seed × variant.  Each run writes its measured effects (``effects.json``, see
-    :mod:`hipt.evidence`) into its results folder; :func:`sweep_record_rows` gathers them."""
+    :mod:`hipt.book.evidence`) into its results folder; :func:`sweep_record_rows` gathers them."""
     names = list(chapters or SWEEP_VARIANTS)
     unknown = [c for c in names if c not in SWEEP_VARIANTS]
     if unknown:
@@ -320,8 +318,6 @@ def seed_sweep_runs(chapters: Sequence[str] | None = None, cohort_seeds: Sequenc
 
 def sweep_record_rows(out_dir: str | Path) -> list[dict[str, Any]]:
     """One row per finished run under ``out_dir`` that wrote ``effects.json``: chapter, seeds, settings, effects."""
-    from hipt.evidence import EFFECTS_NAME, sweep_rows
-
     return sweep_rows([d / EFFECTS_NAME for d in result_dirs(out_dir) if (d / EFFECTS_NAME).is_file()])
 
 
@@ -335,7 +331,7 @@ def record_sweep(out_dir: str | Path, command: str, folder: str | Path | None = 
         SWEEP_RECORD, rows, title="Seeds sweep: the book's claims over cohort and split seeds", command=command,
         notes=f"{len(rows)} runs of {', '.join(chapters)} with preset cpu; cohort seeds and split seeds that no "
               "preset was tuned on; one row per run (seeds, settings, measured effects); the claims and their "
-              "conditions are in hipt.evidence", folder=folder)
+              "conditions are in hipt.book.evidence", folder=folder)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -356,8 +352,6 @@ def run_needs(run: Run) -> dict[str, Any] | None:
     paper = p.get("preset", "cpu") == "paper" or (stem == "08_knn" and p.get("features_dir") is not None)
     if kind is None or not paper:
         return None
-    from hipt.tasks.preflight import feature_levels
-
     methods = p.get("methods") or (KNN_METHODS if stem == "08_knn" else METHODS)
     return {
         "task": p.get("task"), "features_dir": p.get("features_dir"), "splits_dir": p.get("splits_dir"),
@@ -372,8 +366,6 @@ def preflight_runs(runs: Sequence[Run]) -> list[tuple[Run, dict[str, Any] | None
     ``result`` is None (nothing to check), a :class:`hipt.tasks.preflight.TaskInputs` or the
     :class:`~hipt.errors.HIPTError` that says what is missing. Identical inputs are checked once.
     """
-    from hipt.tasks.preflight import check_task_inputs
-
     checked: dict[str, Any] = {}
     out = []
     for r in runs:
@@ -418,182 +410,10 @@ def check_runs(runs: Sequence[Run]) -> None:
     raise HIPTError(head + ":\n" + "\n".join(f"  - {msg} ({who(rs)})" for msg, rs in groups.items()))
 
 
-# --------------------------------------------------------------------------------------------------
-# provenance
-# --------------------------------------------------------------------------------------------------
-def git_commit(path: Path | None = None) -> str:
-    """The checkout's commit (with ``+dirty`` when it has changes), or ``"unknown"``."""
-    cwd = path or project_root() or Path.cwd()
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha + ("+dirty" if dirty else "") if sha else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware() -> dict[str, Any]:
-    """CPU, core count, memory, GPU name (if any), torch and CUDA versions of this machine."""
-    info: dict[str, Any] = {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "gpu": None,
-        "torch": None,
-        "cuda": None,
-    }
-    try:
-        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        info["memory_gib"] = round(pages * page_size / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        info["memory_gib"] = None
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["cuda"] = torch.version.cuda
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-            info["gpu_count"] = torch.cuda.device_count()
-    except Exception:  # noqa: BLE001 (provenance must never fail a run)
-        pass
-    return info
-
-
-def provenance(run: Run, *, status: str, started: float, finished: float, notebook: Path,
-               error: str | None = None, machine: dict | None = None) -> dict[str, Any]:
-    """The provenance record of one run (what ``provenance.json`` holds).
-
-    Fields: ``run_id``, ``chapter``, ``notebook`` (executed), ``parameters``, ``status`` ("ok" or
-    "failed"), ``error`` (one line, or None), ``hipt_version``, ``git_commit`` (or "unknown"),
-    ``hardware`` (:func:`hardware`), ``started``/``finished`` (ISO 8601, UTC), ``wall_time_s``,
-    ``papermill_version``, ``command`` (the command line).
-    """
-    try:
-        import papermill
-
-        pm_version = papermill.__version__
-    except ImportError:  # pragma: no cover
-        pm_version = None
-    iso = lambda t: _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="seconds")  # noqa: E731
-    return {
-        "run_id": run.run_id,
-        "chapter": str(run.chapter),
-        "notebook": str(notebook),
-        "parameters": run.parameters,
-        "status": status,
-        "error": error,
-        "hipt_version": __version__,
-        "git_commit": git_commit(),
-        "hardware": machine if machine is not None else hardware(),
-        "started": iso(started),
-        "finished": iso(finished),
-        "wall_time_s": round(finished - started, 2),
-        "papermill_version": pm_version,
-        "command": " ".join(sys.argv),
-    }
-
-
-def read_provenance(run_dir: Path) -> dict[str, Any] | None:
-    """The provenance record in ``run_dir``, or None if absent or unreadable."""
-    try:
-        return json.loads((run_dir / "provenance.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def is_finished(run_dir: Path) -> bool:
     """A run is finished when its provenance record says ``ok``."""
     record = read_provenance(run_dir)
     return record is not None and record.get("status") == OK
-
-
-def _checkout_or_cwd() -> Path:
-    root = project_root()
-    return root if root is not None else Path.cwd()
-
-
-def _benchmark_results_dir() -> Path:
-    return _checkout_or_cwd() / "benchmarks" / "results"
-
-
-def machine_summary(machine: dict | None = None) -> str:
-    """One line naming a machine, e.g. ``"Intel Xeon … (2 cores, 23.4 GiB), no GPU, torch 2.x"``."""
-    m = machine if machine is not None else hardware()
-    gpu = m.get("gpu") or "no GPU"
-    mem = f", {m['memory_gib']} GiB" if m.get("memory_gib") else ""
-    return f"{m.get('cpu')} ({m.get('cpu_count')} cores{mem}), {gpu}, torch {m.get('torch')}"
-
-
-def write_benchmark_result(name: str, rows: Sequence[dict], *, title: str | None = None,
-                           command: str | None = None, notes: str | None = None,
-                           folder: str | Path | None = None, hardware_info: dict | None = None) -> Path:
-    """Write a benchmark's table to ``benchmarks/results/<name>.json`` (read by the Performance appendix).
-
-    The format (see ``benchmarks/README.md``)::
-
-        {"name": ..., "title": ..., "machine": "<one line>", "hardware": {...}, "date": "<ISO 8601 UTC>",
-         "command": ..., "notes": ..., "rows": [{"column": value, ...}, ...]}
-
-    ``rows`` are flat dicts with the same keys (one table row each; numbers or strings).
-    ``hardware_info``: the :func:`hardware` of the machine that measured, when that is not this one
-    (a GPU run whose numbers are reported here).
-    """
-    dest_dir = Path(folder) if folder is not None else _benchmark_results_dir()
-    machine = dict(hardware_info) if hardware_info is not None else hardware()
-    machine.pop("hostname", None)
-    record = {
-        "name": name,
-        "title": title or name,
-        "machine": machine_summary(machine),
-        "hardware": machine,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command if command is not None else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "commit": git_commit(_checkout_or_cwd()),
-        "notes": notes,
-        "rows": [dict(r) for r in rows],
-    }
-    dest = dest_dir / f"{_safe(name)}.json"
-    atomic_write_text(dest, json.dumps(record, indent=2, default=float) + "\n")
-    return dest
-
-
-def read_benchmark_result(name: str, folder: str | Path | None = None) -> dict[str, Any] | None:
-    """The record ``benchmarks/results/<name>.json``, or None when no run has been recorded."""
-    folder = Path(folder) if folder is not None else _benchmark_results_dir()
-    return next((r for r in read_benchmark_results(folder) if r["name"] == name), None)
-
-
-def read_benchmark_results(folder: str | Path | None = None) -> list[dict[str, Any]]:
-    """Every ``benchmarks/results/*.json`` record, sorted by name; malformed files raise ``InputFileError``."""
-    folder = Path(folder) if folder is not None else _benchmark_results_dir()
-    records = []
-    for p in sorted(Path(folder).glob("*.json")):
-        try:
-            record = json.loads(p.read_text())
-        except ValueError as e:
-            raise InputFileError(p, f"not valid JSON ({e})") from None
-        missing = {"machine", "date", "rows"} - set(record)
-        if missing:
-            raise InputFileError(p, f"benchmark result lacks {sorted(missing)}", "see benchmarks/README.md")
-        record.setdefault("name", p.stem)
-        record.setdefault("title", record["name"])
-        records.append(record)
-    return records
 
 
 # --------------------------------------------------------------------------------------------------
@@ -603,7 +423,7 @@ def to_ipynb(chapter: Path, out_dir: Path) -> Path:
     """The notebook papermill executes: a ``.ipynb`` as is, a MyST ``.md`` converted with jupytext."""
     if chapter.suffix == ".ipynb":
         return chapter
-    import jupytext
+    import jupytext  # the book extra (optional): imported only when a chapter is converted
 
     dest = out_dir / "notebooks" / f"{chapter.stem}.ipynb"
     nb = jupytext.read(chapter, fmt="md:myst")
@@ -625,7 +445,7 @@ class Outcome:
 def execute_run(run: Run, out_dir: Path, *, kernel: str | None = None, timeout: float | None = None,
                 machine: dict | None = None, log_output: bool = False) -> Outcome:
     """Execute one run with papermill; always writes its provenance record, never raises on failure."""
-    import papermill as pm
+    import papermill as pm  # the book extra (optional): imported only when a run executes
 
     run_dir = out_dir / "runs" / run.run_id
     results = run_dir / "results"
@@ -647,8 +467,8 @@ def execute_run(run: Run, out_dir: Path, *, kernel: str | None = None, timeout: 
         status = FAILED
         error = _one_line(e)
     finished = time.time()
-    # results_dir is not part of the run id, so the record's run id is the run's
-    record = provenance(Run(run.chapter, parameters), status=status, started=started, finished=finished,
+    # the record keeps the parameters with results_dir, which is not part of the run id
+    record = provenance(run.run_id, run.chapter, parameters, status=status, started=started, finished=finished,
                         notebook=executed, error=error, machine=machine)
     atomic_write_text(run_dir / "provenance.json", json.dumps(record, indent=2, default=str) + "\n")
     return Outcome(run, status, run_dir, error, record["wall_time_s"])
@@ -734,18 +554,11 @@ def assemble_tables(out_dir: str | Path, echo=print) -> list[Path]:
     if not dirs:
         echo("no result records yet: no tables assembled")
         return []
-    try:
-        from hipt.tasks import tables
-    except ImportError as e:  # pragma: no cover (the module is part of the package)
-        echo(f"tables not assembled: {e}")
-        return []
     return list(tables.write_tables(dirs, Path(out_dir) / "tables"))
 
 
 def load_tables(out_dir: str | Path) -> dict[str, "Any"]:
     """The assembled tables under ``<out>/tables/`` as ``{name: DataFrame}`` (empty if none)."""
-    import pandas as pd
-
     folder = Path(out_dir) / "tables"
     return {p.stem: pd.read_csv(p) for p in sorted(folder.glob("*.csv"))} if folder.is_dir() else {}
 
@@ -765,7 +578,7 @@ def _parse_param(text: str) -> tuple[str, Any]:
 
 def default_out_dir() -> Path:
     """``outputs/reproduce`` in the checkout (git-ignored), else in the current folder."""
-    return _checkout_or_cwd() / "outputs" / "reproduce"
+    return (project_root() or Path.cwd()) / "outputs" / "reproduce"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

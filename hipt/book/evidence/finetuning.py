@@ -1,7 +1,7 @@
 """Chapter 6's claims (slide-level fine-tuning on the phantom cohorts) and the text that follows them.
 
 The chapter measures, for its cohort, split and training seeds, the effects below
-(:func:`finetuning_effects`) and writes them with :func:`hipt.evidence.write_effects`; the seeds sweep
+(:func:`finetuning_effects`) and writes them with :func:`hipt.book.evidence.write_effects`; the seeds sweep
 (``hipt reproduce seeds``) collects them over seed combinations.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from hipt.evidence import Claim, fmt
+from hipt.book.evidence import Claim, fmt
 
 __all__ = ["FINETUNING_CLAIMS", "CHAPTER", "finetuning_effects", "context_findings", "raw_findings"]
 
@@ -50,7 +50,7 @@ def finetuning_effects(auc: Mapping[str, Mapping[str, float]], probe: Mapping[st
     """The chapter's effects from ``auc[task][method]`` (mean test AUC over folds, tasks named
     ``phantom_<cohort>``), the context region probe (``{"ViT-4K region token": auc, "mean of patch
     tokens": auc, ...}``) and the label signal of the context slides' mean patch tokens
-    (:func:`hipt.phantom_checks.label_signal`: ``{"auc", "p_value", ...}``).  Effects of cohorts or
+    (:func:`hipt.phantom.checks.label_signal`: ``{"auc", "p_value", ...}``).  Effects of cohorts or
     methods that were not run are NaN."""
     comp = [v for t in ("phantom_composition2", "phantom_composition3") for v in auc.get(t, {}).values()]
     ctx = auc.get("phantom_context", {})

@@ -20,8 +20,13 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from hipt.evidence import fmt
+from hipt.book.evidence import fmt
 
 __all__ = ["CHAPTER", "VARIANT_TOL", "oof_probe_scores", "grouped_bootstrap_gain", "gain_text",
            "arrangement_findings", "variant_findings", "collapse_findings", "scale_findings"]
@@ -41,11 +46,6 @@ def oof_probe_scores(features: Mapping[str, np.ndarray], y: np.ndarray, groups: 
 
     The mean over folds of each fold's AUC on these scores is ``probe_auc``'s number.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     y = np.asarray(y).astype(int)
     fold = np.full(len(y), -1)
     splits = [(tr, te) for tr, te in GroupKFold(folds).split(np.zeros(len(y)), y, groups)
@@ -67,8 +67,6 @@ def oof_probe_scores(features: Mapping[str, np.ndarray], y: np.ndarray, groups: 
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float:
     """ROC AUC by the rank-sum (Mann–Whitney) formula, ties counted half; NaN with one class only."""
-    from scipy.stats import rankdata
-
     n1 = int(y.sum())
     n0 = len(y) - n1
     if n1 == 0 or n0 == 0:
