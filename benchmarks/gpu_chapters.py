@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="which presets to run, each over every chapter (default: gpu, then paper)")
     p.add_argument("--cpu-preset", action="store_true", help="also run each chapter with its CPU defaults")
     p.add_argument("--timeout", type=float, default=120, help="seconds per cell before the run is killed")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds after which no further chapter is started (each is recorded as 'not run'), so "
+                        "that one device call ends in time")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/gpu_chapters")))
     p.add_argument("--save", action="store_true", help="write benchmarks/results/gpu_chapters.json")
     args = p.parse_args(argv)
@@ -162,13 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     grids = {"gpu": GPU_PARAMS, "paper": PAPER_PARAMS}
-    for preset in args.presets:
-        for chapter in chapters:
-            params = grids[preset].get(chapter.name[:2], {"preset": preset})
-            rows.append(run_chapter(chapter, params, args.out, args.timeout))
-    if args.cpu_preset:
-        for chapter in chapters:
-            rows.append(run_chapter(chapter, {"preset": "cpu"}, args.out, args.timeout))
+    plan = [(c, grids[preset].get(c.name[:2], {"preset": preset})) for preset in args.presets for c in chapters]
+    plan += [(c, {"preset": "cpu"}) for c in chapters] if args.cpu_preset else []
+    t_start = time.perf_counter()
+    for chapter, params in plan:
+        if args.budget is not None and time.perf_counter() - t_start > args.budget:
+            rows.append({"chapter": chapter.stem, "params": json.dumps(params), "status": "not run",
+                         "message": f"--budget {args.budget:g} s spent before it started", "seconds": 0.0,
+                         "peak GPU MiB": 0, "precision": ""})
+            continue
+        rows.append(run_chapter(chapter, params, args.out, args.timeout))
     if args.save:
         from hipt.provenance import hardware, write_benchmark_result
 
