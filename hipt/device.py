@@ -12,7 +12,7 @@ import os
 import torch
 from torch import nn
 
-__all__ = ["model_device", "resolve_device"]
+__all__ = ["describe_device", "model_device", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device = "auto", local_rank: int | None = None) -> torch.device:
@@ -38,3 +38,12 @@ def model_device(model: nn.Module) -> torch.device:
         return next(model.parameters()).device
     except StopIteration:
         return torch.device("cpu")
+
+
+def describe_device(device: str | torch.device) -> str:
+    """``cuda:0 (NVIDIA H100 80GB HBM3)`` or ``cpu (2 threads)``: where a run goes, in words."""
+    device = str(device)
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    n = torch.get_num_threads()
+    return f"{device} ({n} thread{'s' if n > 1 else ''})"

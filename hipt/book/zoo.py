@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 from hipt import phantom
-from hipt.device import resolve_device
+from hipt.device import describe_device, resolve_device
 from hipt.errors import HIPTError
 from hipt.features import build_encoder, extract_folder
 from hipt.io import atomic_path, cache_lock, data_files
@@ -74,7 +74,7 @@ from hipt.pretrain.trainer import (
 from hipt.tiling import patch_folder
 
 __all__ = ["Preset", "PRESETS", "get_preset", "pipeline_preset", "ChapterRun", "CHAPTER_PRESETS", "GPUNeededError",
-           "chapter_run", "describe_device", "cohort", "patches", "model_dir", "pretrained", "stage1_model",
+           "chapter_run", "cohort", "patches", "model_dir", "pretrained", "stage1_model",
            "stage2_model", "cohort_features", "pretraining_features", "training_plan", "describe"]
 
 
@@ -156,11 +156,23 @@ class ChapterRun:
 
     preset: str
     pipeline: Preset
-    pretrain_preset: str
     device: str
-    phantom: bool
-    full_size: bool
-    progress: bool
+
+    @property
+    def pretrain_preset(self) -> str:
+        return self.pipeline.pretrain_preset
+
+    @property
+    def phantom(self) -> bool:
+        return self.preset != "paper"
+
+    @property
+    def full_size(self) -> bool:
+        return self.preset != "cpu"
+
+    @property
+    def progress(self) -> bool:
+        return self.preset != "cpu"
 
     def __str__(self) -> str:
         where = describe_device(self.device)
@@ -170,13 +182,6 @@ class ChapterRun:
 
 
 CHAPTER_PRESETS = ("cpu", "gpu", "paper")
-
-
-def describe_device(device: str) -> str:
-    """``cuda:0 (Tesla T4)`` or ``cpu``."""
-    if device.startswith("cuda"):
-        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    return device
 
 
 def chapter_run(preset: str, *, needs_gpu: bool = True) -> ChapterRun:
@@ -196,9 +201,7 @@ def chapter_run(preset: str, *, needs_gpu: bool = True) -> ChapterRun:
             "is False). In Colab: Runtime > Change runtime type > T4 GPU (or better), then run the notebook "
             "again. On a machine without a GPU use preset 'cpu': the same experiment at the CPU book's sizes.")
     p = get_preset(preset)
-    return ChapterRun(preset=preset, pipeline=p, pretrain_preset=p.pretrain_preset,
-                      device=str(resolve_device("auto")) if preset != "cpu" else "cpu", phantom=preset != "paper",
-                      full_size=preset != "cpu", progress=preset != "cpu")
+    return ChapterRun(preset=preset, pipeline=p, device=str(resolve_device("auto")) if preset != "cpu" else "cpu")
 
 
 @contextlib.contextmanager

@@ -65,7 +65,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from hipt import models
-from hipt.device import resolve_device
+from hipt.device import describe_device, resolve_device
 from hipt.errors import HIPTError
 from hipt.io import atomic_path, atomic_write_text
 from hipt.models.weights import load_backbone, load_checkpoint
@@ -111,7 +111,6 @@ __all__ = [
     "cancel_last_layer_gradients",
     "check_run_budget",
     "clip_gradients",
-    "describe_device",
     "ema_update",
     "estimate_run",
     "format_minutes",
@@ -359,14 +358,6 @@ def format_minutes(minutes: float) -> str:
         return f"{minutes * 60:.0f} s"
     text = f"{minutes:.1f} min" if minutes < 10 else f"{minutes:,.0f} min"
     return text + (f" ({minutes / 60:,.0f} h)" if minutes >= 120 else "")
-
-
-def describe_device(device: str) -> str:
-    """``cuda:0 (NVIDIA H100 80GB HBM3)`` or ``cpu (2 threads)``."""
-    if device.startswith("cuda"):
-        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    n = torch.get_num_threads()
-    return f"{device} ({n} thread{'s' if n > 1 else ''})"
 
 
 def run_steps(config: PretrainConfig, n_items: int | None = None, world: int = 1) -> int:
