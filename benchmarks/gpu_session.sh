@@ -2,10 +2,14 @@
 # One device call (the `device` tool's `run`, at most 10 minutes): the prepared GPU checks of issues 17 and
 # 19, in order of what they can only measure on a GPU, each with a time budget so that the call ends in time.
 #
+# First, here (where PyPI is reachable), fill .whl/ with the wheels of what the device machine lacks
+# (hipt's dependencies, papermill, jupytext, nbclient, ipykernel, ...; ~33 MiB, checked by
+# benchmarks/check_wheels.py), then make the call with .whl carried:
+#
+#   bash benchmarks/gpu_wheels.sh
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
 #
-# .whl: wheels of what the device machine lacks (pip download --dest .whl papermill jupytext nbclient
-# ipykernel ... here, where PyPI is reachable); they are installed without network into /tmp/site.
+# There the wheels are installed without network (--no-index --no-deps) into /tmp/site.
 # Writes $OUT/extraction_gpu.json (issue 19) and $OUT/gpu_chapters.json (issue 17); commit them as
 # benchmarks/results/ records with the date, the machine and this command.
 set -u

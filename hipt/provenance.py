@@ -110,7 +110,8 @@ def benchmark_results_dir() -> Path:
 
 def write_benchmark_result(name: str, rows: Sequence[dict], *, title: str | None = None,
                            command: str | None = None, notes: str | None = None,
-                           folder: str | Path | None = None, hardware_info: dict | None = None) -> Path:
+                           folder: str | Path | None = None, hardware_info: dict | None = None,
+                           targets: Sequence[dict] | None = None) -> Path:
     """Write a benchmark's table to ``benchmarks/results/<name>.json`` (read by the Performance appendix).
 
     The format (see ``benchmarks/README.md``)::
@@ -119,6 +120,9 @@ def write_benchmark_result(name: str, rows: Sequence[dict], *, title: str | None
          "command": ..., "notes": ..., "rows": [{"column": value, ...}, ...]}
 
     ``rows`` are flat dicts with the same keys (one table row each; numbers or strings).
+    ``targets``: the acceptance targets the run was measured against, one flat dict each (e.g.
+    ``{"target": ..., "threshold": ..., "value": ..., "met": ..., "limited by": ...}``), stored as
+    ``"targets"`` so that readers need not parse ``notes``.
     ``hardware_info``: the :func:`hardware` of the machine that measured, when that is not this one
     (a GPU run whose numbers are reported here).
     """
@@ -136,6 +140,8 @@ def write_benchmark_result(name: str, rows: Sequence[dict], *, title: str | None
         "notes": notes,
         "rows": [dict(r) for r in rows],
     }
+    if targets is not None:
+        record["targets"] = [dict(t) for t in targets]
     dest = dest_dir / f"{safe_name(name)}.json"
     atomic_write_text(dest, json.dumps(record, indent=2, default=float) + "\n")
     return dest
