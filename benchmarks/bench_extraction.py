@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hipt.features import RegionDataset, RegionReader, extract_slide  # noqa: E402
 from hipt.models import HIPT4K, vit4k_tiny, vit4k_xs, vit256_small, vit256_tiny  # noqa: E402
 
-#: Slide side of a typical TCGA diagnostic slide's tissue area at 20x, for the phantom (about 40 tissue
+#: Slide side of a typical TCGA diagnostic slide's tissue area at 20x, for the phantom (51 tissue
 #: regions of 4096 px at the default tissue threshold; TCGA averages ~39 per slide).
 TCGA_SIZE = (40960, 32768)
 
@@ -389,6 +389,24 @@ def read_regions(coords: Path, k: int, device: torch.device) -> torch.Tensor:
     return regions
 
 
+# ------------------------------------------------------------------------------------------ memory
+def memory_rows(sizes: Sequence[tuple[int, int]], tmp: Path, device: torch.device, workers: int) -> list[dict]:
+    """Peak memory of whole-slide extraction for phantoms of growing size (tiny encoder, every region,
+    the default thread reader, batch 1): flat when the pipeline's memory is set by its settings."""
+    model = build_model("tiny").to(device)
+    rows = []
+    for w, h in sizes:
+        slide = make_phantom(tmp, (w, h))
+        coords = patch(slide, tmp / f"mem_patch_{w}x{h}")
+        with PeakRss() as mem:
+            p = pipeline(coords, tmp / f"mem_{w}x{h}.h5", model, device, dtype="fp32", workers=workers,
+                         backend="thread", batch=1)
+        rows.append({"slide": f"phantom {w}x{h}", "regions": int(p["n"]), "regions/s": round(p["regions/s"], 3),
+                     "peak memory growth MiB": round(mem.growth_mib)})
+        print(f"  {rows[-1]}", flush=True)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> None:
     from hipt.provenance import hardware, machine_summary
@@ -418,8 +436,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--enc-regions", type=int, default=None, help="regions per encoder-alone measurement "
                    "(default 8 on a GPU, 2 on a CPU)")
     p.add_argument("--quick", action="store_true", help="2 rounds, phantom 12288x8192, 2 regions end to end")
+    p.add_argument("--memory", action="store_true",
+                   help="only the memory check: whole-slide extraction (tiny encoder) of a small and a TCGA-size "
+                        "phantom, peak memory growth of each (writes extraction_memory.json with --save)")
     p.add_argument("--save", action="store_true", help="write benchmarks/results/extraction.json")
     args = p.parse_args(argv)
+    if args.memory:
+        return memory_main(args)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     if args.quick:
@@ -536,6 +559,29 @@ def main(argv: list[str] | None = None) -> None:
                                       title="Extraction: parallel reader vs serial, encoder vs the matmul peak, "
                                             "pipeline vs reference-style loop",
                                       notes=notes, hardware_info=hardware(), targets=targets)
+        print(f"wrote {dest}")
+
+
+def memory_main(args: argparse.Namespace) -> None:
+    from hipt.provenance import hardware, write_benchmark_result
+
+    sizes = [(12288, 8192), TCGA_SIZE]
+    with tempfile.TemporaryDirectory() as tmp_s:
+        rows = memory_rows(sizes, Path(tmp_s), torch.device(args.device), max(args.workers))
+    small, large = rows[0]["peak memory growth MiB"], rows[-1]["peak memory growth MiB"]
+    ratio = large / max(small, 1)
+    verdict = (f"{rows[-1]['regions']} regions grew the peak by {large} MiB against {small} MiB for "
+               f"{rows[0]['regions']}: {ratio:.2f}x for {rows[-1]['regions'] / rows[0]['regions']:.1f}x the regions")
+    print(verdict)
+    if args.save:
+        dest = write_benchmark_result(
+            "extraction_memory", rows, title="Extraction memory against slide size (whole slides, tiny encoder)",
+            notes=f"device {args.device}; fp32, thread reader x{max(args.workers)}, batch 1; peak memory growth = "
+                  f"peak RSS of the process during extract_slide above its RSS at the call, sampled every 0.05 s; "
+                  f"{verdict}",
+            hardware_info=hardware(),
+            targets=[{"target": "peak memory flat in slide size (large / small <= 1.25)", "threshold": 1.25,
+                      "value": round(ratio, 2), "met": ratio <= 1.25, "limited by": "" if ratio <= 1.25 else verdict}])
         print(f"wrote {dest}")
 
 

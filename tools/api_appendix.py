@@ -46,7 +46,8 @@ GROUPS = [
      ["hipt.book", "hipt.book.zoo", "hipt.book.tasks", "hipt.book.reproduce"]),
     ("The book's evidence: claims over seeds and findings that follow the numbers",
      ["hipt.book.evidence", "hipt.book.evidence.stage1", "hipt.book.evidence.stage2",
-      "hipt.book.evidence.finetuning", "hipt.book.evidence.knn", "hipt.book.evidence.survival"]),
+      "hipt.book.evidence.finetuning", "hipt.book.evidence.knn", "hipt.book.evidence.survival",
+      "hipt.book.evidence.extraction"]),
 ]
 
 HEADER = """\
