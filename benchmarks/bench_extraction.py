@@ -29,7 +29,6 @@ The machine is shared: numbers move between runs; read the same-run ratios.  ``-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import resource
 import statistics
@@ -46,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hipt.features import RegionDataset, RegionReader, extract_slide  # noqa: E402
 from hipt.models import HIPT4K, vit4k_tiny, vit4k_xs, vit256_small, vit256_tiny  # noqa: E402
+from hipt.precision import autocast  # noqa: E402
 
 #: Slide side of a typical TCGA diagnostic slide's tissue area at 20x, for the phantom (51 tissue
 #: regions of 4096 px at the default tissue threshold; TCGA averages ~39 per slide).
@@ -180,13 +180,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.bfloat16, n: in
     return 2 * n**3 * iters / (time.perf_counter() - t)
 
 
-def autocast_to(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Autocast to ``dtype``, or plain fp32 when ``dtype`` is None."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
-
-
-#: an encoder variant: (name, encoder, regions per call, autocast dtype or None for fp32)
-Variant = tuple[str, torch.nn.Module, int, "torch.dtype | None"]
+#: an encoder variant: (name, encoder, regions per call, precision: "fp32", "bf16" or "fp16")
+Variant = tuple[str, torch.nn.Module, int, str]
 
 
 #: the encoders of :func:`build_model`, as the records name them
@@ -200,8 +195,8 @@ def encoder_rows(regions: torch.Tensor, variants: Sequence[Variant], device: tor
     rows = []
     k = regions.shape[0]
     with torch.inference_mode():
-        for name, enc, bs, dtype in variants:
-            with autocast_to(device, dtype):
+        for name, enc, bs, precision in variants:
+            with autocast(device, precision):
                 enc(regions[:bs])
                 sync(device)
                 t = time.perf_counter()
@@ -224,7 +219,7 @@ OP_KINDS = (("matmul and convolution", ("mm", "linear", "conv", "matmul")),
 
 
 def time_shares(encoder: torch.nn.Module, regions: torch.Tensor, device: torch.device,
-                dtype: torch.dtype | None) -> dict[str, float]:
+                precision: str) -> dict[str, float]:
     """Where the encoder's time goes: the share of self time per op kind (:data:`OP_KINDS`, the rest
     ``"other (norms, GELU, adds...)"``) over one call on ``regions``, from :mod:`torch.profiler` (device
     time on a GPU, CPU time on a CPU).  This is what a fraction of peak below 1 is made of."""
@@ -232,7 +227,7 @@ def time_shares(encoder: torch.nn.Module, regions: torch.Tensor, device: torch.d
 
     gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
-    with torch.inference_mode(), autocast_to(device, dtype):
+    with torch.inference_mode(), autocast(device, precision):
         encoder(regions)  # warm
         sync(device)
         with profile(activities=activities) as prof:
@@ -389,24 +384,6 @@ def read_regions(coords: Path, k: int, device: torch.device) -> torch.Tensor:
     return regions
 
 
-# ------------------------------------------------------------------------------------------ memory
-def memory_rows(sizes: Sequence[tuple[int, int]], tmp: Path, device: torch.device, workers: int) -> list[dict]:
-    """Peak memory of whole-slide extraction for phantoms of growing size (tiny encoder, every region,
-    the default thread reader, batch 1): flat when the pipeline's memory is set by its settings."""
-    model = build_model("tiny").to(device)
-    rows = []
-    for w, h in sizes:
-        slide = make_phantom(tmp, (w, h))
-        coords = patch(slide, tmp / f"mem_patch_{w}x{h}")
-        with PeakRss() as mem:
-            p = pipeline(coords, tmp / f"mem_{w}x{h}.h5", model, device, dtype="fp32", workers=workers,
-                         backend="thread", batch=1)
-        rows.append({"slide": f"phantom {w}x{h}", "regions": int(p["n"]), "regions/s": round(p["regions/s"], 3),
-                     "peak memory growth MiB": round(mem.growth_mib)})
-        print(f"  {rows[-1]}", flush=True)
-    return rows
-
-
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> None:
     from hipt.provenance import hardware, machine_summary
@@ -436,13 +413,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--enc-regions", type=int, default=None, help="regions per encoder-alone measurement "
                    "(default 8 on a GPU, 2 on a CPU)")
     p.add_argument("--quick", action="store_true", help="2 rounds, phantom 12288x8192, 2 regions end to end")
-    p.add_argument("--memory", action="store_true",
-                   help="only the memory check: whole-slide extraction (tiny encoder) of a small and a TCGA-size "
-                        "phantom, peak memory growth of each (writes extraction_memory.json with --save)")
     p.add_argument("--save", action="store_true", help="write benchmarks/results/extraction.json")
     args = p.parse_args(argv)
-    if args.memory:
-        return memory_main(args)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     if args.quick:
@@ -494,18 +466,18 @@ def main(argv: list[str] | None = None) -> None:
                 print("  matmul peak: " + ", ".join(f"{k_} {v / 1e12:.3g} TFLOP/s" for k_, v in peaks.items()), flush=True)
                 regions = read_regions(coords, enc_regions, device)
                 per_call = 4 if gpu else 2
-                variants = [("fp32, 1 region per call (the reference's way)", model, 1, None),
-                            ("bf16 autocast, 1 region per call", model, 1, torch.bfloat16),
-                            (f"bf16 autocast, {per_call} regions per call", model, per_call, torch.bfloat16)]
+                variants = [("fp32, 1 region per call (the reference's way)", model, 1, "fp32"),
+                            ("bf16 autocast, 1 region per call", model, 1, "bf16"),
+                            (f"bf16 autocast, {per_call} regions per call", model, per_call, "bf16")]
                 enc_rows = encoder_rows(regions, variants, device, model.flops(regions.shape[-1]), peaks[peak_name],
                                         model_label=MODEL_LABELS[model_kind])
                 rows += [{"slide": label, **r} for r in enc_rows]
                 best_i = max(range(len(enc_rows)), key=lambda i: enc_rows[i]["regions/s"])
-                best_dtype = variants[best_i][3]
+                best_precision = variants[best_i][3]
                 if args.dtype is None:
-                    dtype = "bf16" if best_dtype is not None else "fp32"
+                    dtype = best_precision
                     facts.append(f"pipeline precision {dtype}: the faster in the encoder-alone stage")
-                shares = time_shares(model, regions[:1], device, best_dtype)
+                shares = time_shares(model, regions[:1], device, best_precision)
                 print(f"  encoder time by op kind: {shares}", flush=True)
                 facts.append("matmul peak (n=2048 on a CPU, 8192 on a GPU) " + ", ".join(
                     f"{k_} {v / 1e12:.3g} TFLOP/s" for k_, v in peaks.items()) + f"; fraction of peak against {peak_name}")
@@ -559,29 +531,6 @@ def main(argv: list[str] | None = None) -> None:
                                       title="Extraction: parallel reader vs serial, encoder vs the matmul peak, "
                                             "pipeline vs reference-style loop",
                                       notes=notes, hardware_info=hardware(), targets=targets)
-        print(f"wrote {dest}")
-
-
-def memory_main(args: argparse.Namespace) -> None:
-    from hipt.provenance import hardware, write_benchmark_result
-
-    sizes = [(12288, 8192), TCGA_SIZE]
-    with tempfile.TemporaryDirectory() as tmp_s:
-        rows = memory_rows(sizes, Path(tmp_s), torch.device(args.device), max(args.workers))
-    small, large = rows[0]["peak memory growth MiB"], rows[-1]["peak memory growth MiB"]
-    ratio = large / max(small, 1)
-    verdict = (f"{rows[-1]['regions']} regions grew the peak by {large} MiB against {small} MiB for "
-               f"{rows[0]['regions']}: {ratio:.2f}x for {rows[-1]['regions'] / rows[0]['regions']:.1f}x the regions")
-    print(verdict)
-    if args.save:
-        dest = write_benchmark_result(
-            "extraction_memory", rows, title="Extraction memory against slide size (whole slides, tiny encoder)",
-            notes=f"device {args.device}; fp32, thread reader x{max(args.workers)}, batch 1; peak memory growth = "
-                  f"peak RSS of the process during extract_slide above its RSS at the call, sampled every 0.05 s; "
-                  f"{verdict}",
-            hardware_info=hardware(),
-            targets=[{"target": "peak memory flat in slide size (large / small <= 1.25)", "threshold": 1.25,
-                      "value": round(ratio, 2), "met": ratio <= 1.25, "limited by": "" if ratio <= 1.25 else verdict}])
         print(f"wrote {dest}")
 
 

@@ -42,9 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_extraction import (MODEL_LABELS, TCGA_SIZE, PeakRss, build_model, encoder_limit, encoder_rows,  # noqa: E402
                               make_phantom, matmul_peak, patch, pipeline, pipeline_limit, read_regions,
                               reader_pass, reference_limit, reference_loop, shared_slides, subset_coords,
-                              target, time_shares)
+                              sync, target, time_shares)
 
 from hipt.features import RegionDataset, _compiled  # noqa: E402
+from hipt.precision import autocast  # noqa: E402
 
 T0 = time.time()
 
@@ -65,28 +66,27 @@ def encoder_stage(coords: Path, peak: float, res: dict, device: torch.device, ki
     cos = torch.nn.functional.cosine_similarity
     fast = _compiled(model, device) if compile else model
     t = time.perf_counter()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+    with torch.inference_mode(), autocast(device, "bf16"):
         low_c = fast(regions[:2])
         fast(regions[:4])
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     compile_s = time.perf_counter() - t
     with torch.inference_mode():
         ref = model(regions[:2])
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with autocast(device, "bf16"):
             low = model(regions[:2])
-    variants = [("fp32, 1 region per call (the reference's way)", model, 1, None),
-                ("bf16 autocast, eager, 4 per call", model, 4, torch.bfloat16),
+    variants = [("fp32, 1 region per call (the reference's way)", model, 1, "fp32"),
+                ("bf16 autocast, eager, 4 per call", model, 4, "bf16"),
                 (f"bf16 autocast, {'torch.compile' if compile else 'eager (no compile)'}, 4 per call", fast, 4,
-                 torch.bfloat16)]
+                 "bf16")]
     if device.type == "cuda":
-        variants.append(("fp16 autocast, torch.compile, 4 per call", fast, 4, torch.float16))
+        variants.append(("fp16 autocast, torch.compile, 4 per call", fast, 4, "fp16"))
     rows = encoder_rows(regions, variants, device, flops, peak, reps=reps, model_label=MODEL_LABELS[kind])
     for r in rows:
         log("encoder", r)
     res["encoder"] = rows
     res["region_gflop"] = round(flops / 1e9, 1)
-    res["time_shares_bf16_eager"] = time_shares(model, regions[:4], device, torch.bfloat16)
+    res["time_shares_bf16_eager"] = time_shares(model, regions[:4], device, "bf16")
     log("encoder time by op kind (bf16 eager)", res["time_shares_bf16_eager"])
     eager, comp = rows[1]["regions/s"], rows[2]["regions/s"]
     saved_per_region = 1 / eager - 1 / comp

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hipt.book.evidence.extraction import extraction_expectations, extraction_verdicts
+from hipt.book.evidence.extraction import extraction_expectations, extraction_verdicts, memory_target
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = "ViT-S/16 + ViT-XS"
@@ -128,3 +128,17 @@ def test_gpu_extraction_dry_run_on_cpu(tmp_path):
 @pytest.mark.parametrize("name", ["gpu_session.sh", "gpu_wheels.sh"])
 def test_gpu_shell_scripts_parse(name):
     assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / name)]).returncode == 0
+
+
+def test_memory_target_follows_the_rows():
+    def record(increases):  # {(regions, batch): increase MiB}
+        return {"machine": "test CPU", "date": "2026-11-27", "command": "bench_region_encoder.py --save",
+                "rows": [{"regions in slide": n, "region batch": b, "increase (MiB)": v} for (n, b), v in increases.items()]}
+
+    flat = memory_target(record({(4, 1): 291, (8, 1): 279, (4, 4): 899, (8, 4): 864}))
+    assert flat["met"] and flat["value"] == round(279 / 291, 2)
+    grows = memory_target(record({(4, 1): 300, (8, 1): 600, (4, 4): 900, (8, 4): 910}))
+    assert not grows["met"] and grows["value"] == 2.0 and "600 MiB for 8 regions" in grows["limited by"]
+    assert memory_target(record({(4, 1): 300})) is None
+    text = extraction_verdicts(None, None, record({(4, 1): 300, (8, 1): 600}))
+    assert "peak memory flat in slide size" in text and "2, **not met**; batch 1: 600 MiB" in text

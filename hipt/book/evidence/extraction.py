@@ -8,7 +8,9 @@ Chapter 5 and the Performance appendix read the committed records (:func:`hipt.p
 - ``region_encoder``: ``bench_region_encoder.py`` on the CPU (1024-px regions), used only when the
   ``extraction`` record holds no full-size encoder rows;
 - ``gpu_region_encoder``: the encoder alone on a lent GPU, on random tensors already on the GPU;
-- ``extraction_gpu``: ``benchmarks/gpu_extraction.py`` on a lent GPU, slide file to features.
+- ``extraction_gpu``: ``benchmarks/gpu_extraction.py`` on a lent GPU, slide file to features;
+- ``region_encoder_memory``: ``bench_region_encoder.py``'s peak memory of ``extract_slide`` per slide size
+  and region batch (:func:`memory_target`).
 
 Every row says how its number was obtained: ``measured`` (on the machine named), or an ``estimate``
 that names the measured rate it scales and the datasheet figure it scales by.  A card nothing was
@@ -19,8 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-__all__ = ["TCGA_REGIONS_PER_SLIDE", "DATASHEET_PEAK_TFLOPS", "COLAB_VCPUS", "GPU_HOST_CORES",
-           "extraction_expectations", "extraction_verdicts"]
+__all__ = ["TCGA_REGIONS_PER_SLIDE", "DATASHEET_PEAK_TFLOPS", "COLAB_VCPUS", "GPU_HOST_CORES", "MEMORY_FLAT",
+           "extraction_expectations", "memory_target", "extraction_verdicts"]
 
 #: Regions of 4096 px per TCGA slide on average (~110,000 regions over ~2,800 slides).
 TCGA_REGIONS_PER_SLIDE = 39
@@ -80,10 +82,10 @@ def extraction_expectations(records: Mapping[str, dict | None],
     full = "ViT-S/16 + ViT-XS"
 
     # -- this CPU: reading, encoding, end to end (measured)
-    serial = _rate(cpu, "regions/s", lambda r: r.get("what") == "reader alone, serial"
-                   and str(r.get("slide", "")).startswith("phantom"))
-    serial_busy = _rate(cpu, "cores busy", lambda r: r.get("what") == "reader alone, serial"
-                        and str(r.get("slide", "")).startswith("phantom"))
+    def phantom_serial(r: dict) -> bool:
+        return r.get("what") == "reader alone, serial" and str(r.get("slide", "")).startswith("phantom")
+
+    serial, serial_busy = _rate(cpu, "regions/s", phantom_serial), _rate(cpu, "cores busy", phantom_serial)
     parallel = _rate(cpu, "regions/s", lambda r: str(r.get("what", "")).startswith("reader alone, ")
                      and bool(r.get("workers")) and str(r.get("slide", "")).startswith("phantom"))
     per_core = serial / serial_busy if serial and serial_busy else serial  # regions per CPU second
@@ -171,10 +173,35 @@ def extraction_expectations(records: Mapping[str, dict | None],
     return rows, " ".join(said)
 
 
+#: the memory target: peak memory growth at the largest slide over that at the smallest, same batch
+MEMORY_FLAT = 1.25
+
+
+def memory_target(record: Mapping) -> dict | None:
+    """The target "peak memory flat in slide size" from ``bench_region_encoder.py``'s memory record
+    (``region_encoder_memory``: fresh process per row, peak RSS increase of ``extract_slide`` per slide
+    size and region batch): the largest, over batches, of the increase at the most regions over the
+    increase at the fewest."""
+    by_batch: dict = {}
+    for r in record.get("rows", []):
+        by_batch.setdefault(r.get("region batch"), []).append((r.get("regions in slide"), r.get("increase (MiB)")))
+    ratios = []
+    for batch, points in sorted(by_batch.items()):
+        (n0, small), (n1, large) = min(points), max(points)
+        if n1 > n0 and small:
+            ratios.append((large / small, f"batch {batch}: {large} MiB for {n1} regions against {small} MiB for {n0}"))
+    if not ratios:
+        return None
+    value, worst = max(ratios)
+    return {"target": f"peak memory flat in slide size (largest / smallest slide <= {MEMORY_FLAT})",
+            "threshold": MEMORY_FLAT, "value": round(value, 2), "met": value <= MEMORY_FLAT, "limited by": worst}
+
+
 def extraction_verdicts(cpu: Mapping | None, gpu: Mapping | None, memory: Mapping | None = None) -> str:
     """Issue 19's targets against the records ``extraction`` (CPU), ``extraction_gpu`` (a GPU) and
-    ``extraction_memory`` (optional), as Markdown: each target with its measured value, the machine and
-    date, met or not met, and for a missed one what the run's own measurements say limits it."""
+    ``region_encoder_memory`` (optional, :func:`memory_target`), as Markdown: each target with its
+    measured value, the machine and date, met or not met, and for a missed one what the run's own
+    measurements say limits it."""
     lines: list[str] = []
     for record, kind in ((cpu, "CPU"), (gpu, "GPU"), (memory, "memory")):
         if not record and kind == "memory":
@@ -189,6 +216,8 @@ def extraction_verdicts(cpu: Mapping | None, gpu: Mapping | None, memory: Mappin
                              "`benchmarks/gpu_session.sh` (`benchmarks/gpu_extraction.py`).")
             continue
         targets = record.get("targets")
+        if kind == "memory":
+            targets = [t for t in (memory_target(record),) if t]
         if not targets:
             lines.append(f"- {kind} record of {record.get('date', '')[:10]} holds no targets: rerun its command "
                          f"(`{record.get('command', '')}`).")
